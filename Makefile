@@ -1,0 +1,36 @@
+# Two entry points on a fresh machine (no root, offline data):
+#   make quickstart   set up .venv, train the quickstart model on the shipped Fashion-MNIST sample,
+#                     evaluate it, write samples and a swap grid to runs/quickstart/
+#   make test         set up .venv and run the test suite (what .ci/run calls)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN ?= runs/quickstart
+
+.PHONY: setup test test-fast quickstart clean
+
+$(BIN)/.installed: pyproject.toml requirements/cpu.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements/cpu.txt
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+quickstart: setup
+	$(BIN)/flowvae train --config configs/quickstart.yaml --out $(RUN) --resume
+	$(BIN)/flowvae evaluate --checkpoint $(RUN)
+	$(BIN)/flowvae sample --checkpoint $(RUN) --n 64 --temperature 0.7 --out $(RUN)/samples.png
+	$(BIN)/flowvae swap --checkpoint $(RUN) --n 8 --out $(RUN)/swap.png
+	$(BIN)/flowvae reconstruct --checkpoint $(RUN) --n 8 --out $(RUN)/reconstruct.png
+	@echo "quickstart done: see $(RUN)/ (samples.png, swap.png, reconstruct.png, eval_k16.json; tensorboard --logdir $(RUN)/tb)"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,175 @@
+"""The ``flowvae`` command: train, evaluate, sample, swap, reconstruct, interpolate.
+
+    flowvae train --config configs/quickstart.yaml --out runs/quick [key=value ...] [--resume]
+    flowvae evaluate --checkpoint runs/quick --k 128 [--out runs/quick/eval.json]
+    flowvae sample --checkpoint runs/quick --n 64 --temperature 0.7 --out samples.png
+    flowvae swap --checkpoint runs/quick --n 8 --out swap.png
+    flowvae reconstruct --checkpoint runs/quick --n 8 --out reconstruct.png
+    flowvae interpolate --checkpoint runs/quick --pairs 4 --steps 10 --out interpolate.png
+
+``--checkpoint`` takes a checkpoint file or a run directory. Trailing
+``section.key=value`` items override the config (for commands reading a
+checkpoint, only the data.* and eval.* sections can change).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+
+def _common(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--out", required=False, help=out_help)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=5e-4")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flowvae", description="Hybrid VAE / Glow image models in bits/dim.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (one process; the same command under torchrun later)")
+    p.add_argument("--config", help="YAML config (configs/*.yaml); with --resume the run's saved config is the default")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p, "run directory (checkpoint, TensorBoard logs, metrics)")
+
+    p = sub.add_parser("evaluate", help="test-set elbo_bpd, iw{K}_bpd, each term and active units")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--k", type=int, default=None, help="importance samples (default eval.k of the config)")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p, "JSON file for the results (default: <run dir>/eval_k<K>.json)")
+
+    p = sub.add_parser("sample", help="a grid of samples")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.7, help="temperature of the local code eps")
+    p.add_argument("--z-temperature", type=float, default=1.0, help="temperature of the global code z")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p, "PNG file (default: <run dir>/samples.png)")
+
+    for name, helptext in (("swap", "N x N grid: row i keeps image i's local code, column j takes image j's global code"),
+                           ("reconstruct", "same local code, global code resampled from the prior")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--n", type=int, default=8, help="number of test images")
+        p.add_argument("--first", type=int, default=0, help="index of the first test image")
+        p.add_argument("--seed", type=int, default=0)
+        _common(p, f"PNG file (default: <run dir>/{name}.png)")
+
+    p = sub.add_parser("interpolate", help="interpolate z and eps between pairs of test images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--first", type=int, default=0)
+    _common(p, "PNG file (default: <run dir>/interpolate.png)")
+    return ap
+
+
+def _run_dir(checkpoint: str) -> Path:
+    p = Path(checkpoint)
+    return p if p.is_dir() else p.parent
+
+
+def _load(args):
+    from .config import apply_overrides
+    from .checkpoint import load_checkpoint
+    from .engine.train import resolve_device
+
+    model, cfg, state = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    bad = [o for o in args.overrides if not o.split("=", 1)[0].startswith(("data.", "eval."))]
+    if bad:
+        raise SystemExit(f"error: {', '.join(bad)}: only data.* and eval.* can be overridden for a trained model")
+    cfg = apply_overrides(cfg, args.overrides)
+    return model, cfg
+
+
+def _test_images(cfg, model, first: int, n: int) -> torch.Tensor:
+    from .data import load_dataset
+
+    ds = load_dataset(cfg.data, cfg.model, "test")
+    if first + n > len(ds):
+        raise SystemExit(f"error: asked for test images {first}..{first + n - 1}, the test set has {len(ds)}")
+    return ds[torch.arange(first, first + n)][0].to(model.device)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from .config import ConfigError, load_config
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from .config import load_config
+    from .visualize import save_grid
+
+    if args.command == "train":
+        from .engine.train import train
+        from .checkpoint import read_checkpoint
+
+        if not args.out:
+            raise ValueError("train needs --out RUN_DIR")
+        cfg_path = args.config
+        if cfg_path is None and args.resume and (Path(args.out) / "checkpoint.pt").exists():
+            from .config import apply_overrides, config_from_dict
+
+            cfg = apply_overrides(config_from_dict(read_checkpoint(Path(args.out) / "checkpoint.pt")["config"]), args.overrides)
+        elif cfg_path is None:
+            raise ValueError("train needs --config FILE (or --resume with an existing run in --out)")
+        else:
+            cfg = load_config(cfg_path, args.overrides)
+        train(cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress)
+        return 0
+
+    model, cfg = _load(args)
+    run_dir = _run_dir(args.checkpoint)
+    if args.command == "evaluate":
+        from .data import load_dataset
+        from .engine.evaluate import evaluate, format_table, write_json
+
+        k = args.k or cfg.eval.k
+        limit = cfg.eval.limit if args.limit is None else args.limit
+        ds = load_dataset(cfg.data, cfg.model, args.split)
+        res = evaluate(model, ds, k=k, batch_size=cfg.eval.batch_size, limit=limit, seed=args.seed)
+        res["checkpoint"] = str(args.checkpoint)
+        res["split"] = args.split
+        out = Path(args.out) if args.out else run_dir / f"eval_k{k}.json"
+        write_json(res, out)
+        print(format_table(res))
+        print(f"written to {out}")
+        return 0
+
+    if hasattr(args, "seed"):
+        torch.manual_seed(args.seed)
+    from .engine import generate
+
+    if args.command == "sample":
+        imgs = generate.sample_images(model, args.n, args.temperature, args.z_temperature)
+        nrow = max(1, int(round(args.n ** 0.5)))
+    elif args.command == "swap":
+        imgs, nrow = generate.swap_grid(model, _test_images(cfg, model, args.first, args.n))
+    elif args.command == "reconstruct":
+        imgs, nrow = generate.reconstruct_grid(model, _test_images(cfg, model, args.first, args.n))
+    else:  # interpolate
+        x = _test_images(cfg, model, args.first, 2 * args.pairs)
+        imgs, nrow = generate.interpolate_grid(model, x[: args.pairs], x[args.pairs :], args.steps)
+    out = Path(args.out) if args.out else run_dir / f"{args.command}.png"
+    save_grid(imgs.cpu(), out, nrow=nrow)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training, evaluation and generation behind the CLI."""

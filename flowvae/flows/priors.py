@@ -1,0 +1,101 @@
+"""Learned Gaussian priors of the multi-scale Glow, written as flow layers.
+
+Scoring ``h`` under ``N(mu, sigma^2)`` equals standardising it,
+``eps = (h - mu) / sigma`` (log-det ``-sum log sigma``), then scoring ``eps``
+under ``N(0, I)``. Writing the priors this way makes the whole Glow one
+bijection ``y -> eps`` whose log-det tests can check, and makes ``eps`` the
+local code: decoding keeps ``eps`` and recomputes ``mu, sigma`` from the new
+global code, which is what a swap needs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .base import Cond, FlowLayer, ZeroConv2d, logdet_dtype, sum_per_sample
+
+
+def _as_float(t: Tensor, like: Tensor) -> Tensor:
+    return t.to(logdet_dtype(like))
+
+
+class GaussianizeSplit(FlowLayer):
+    """Standardise the second half of the channels given the first half and the conditioning.
+
+    ``[kept, split] -> [kept, (split - mu) / sigma]`` with
+    ``mu, log sigma = ZeroConv(kept [, cond map]) + Linear(z)``.
+    """
+
+    def __init__(self, channels: int, cond_dim: int = 0, cond_map_channels: int = 0):
+        super().__init__()
+        self.ck = channels // 2
+        self.cs = channels - self.ck
+        self.conv = ZeroConv2d(self.ck + cond_map_channels, 2 * self.cs)
+        self.cond_map_channels = cond_map_channels
+        self.cond_proj = nn.Linear(cond_dim, 2 * self.cs) if cond_dim > 0 else None
+        if self.cond_proj is not None:
+            nn.init.zeros_(self.cond_proj.weight)
+            nn.init.zeros_(self.cond_proj.bias)
+
+    def _params(self, kept: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
+        inp = kept
+        if self.cond_map_channels:
+            inp = torch.cat([kept, cond.map.to(kept.dtype)], 1)
+        h = self.conv(inp)
+        if self.cond_proj is not None:
+            h = h + self.cond_proj(cond.vec.to(h.dtype))[:, :, None, None]
+        h = _as_float(h, kept)
+        return h[:, 0::2], h[:, 1::2]
+
+    def forward(self, x: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
+        kept, split = x[:, : self.ck], x[:, self.ck :]
+        mu, log_sigma = self._params(kept, cond)
+        eps = ((split - mu) * torch.exp(-log_sigma)).to(x.dtype)
+        return torch.cat([kept, eps], 1), -sum_per_sample(log_sigma)
+
+    def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
+        kept, eps = y[:, : self.ck], y[:, self.ck :]
+        mu, log_sigma = self._params(kept, cond)
+        split = (eps * torch.exp(log_sigma) + mu).to(y.dtype)
+        return torch.cat([kept, split], 1), sum_per_sample(log_sigma)
+
+
+class GaussianizeTop(FlowLayer):
+    """Standardise the top-level latent: ``mu, log sigma`` = learned map + Linear(z) (+ ZeroConv(map))."""
+
+    def __init__(self, shape: tuple[int, int, int], cond_dim: int = 0, cond_map_channels: int = 0):
+        super().__init__()
+        c, h, w = shape
+        self.shape = shape
+        self.learned = nn.Parameter(torch.zeros(1, 2 * c, h, w))
+        self.cond_proj = nn.Linear(cond_dim, 2 * c * h * w) if cond_dim > 0 else None
+        if self.cond_proj is not None:
+            nn.init.zeros_(self.cond_proj.weight)
+            nn.init.zeros_(self.cond_proj.bias)
+        self.map_conv = ZeroConv2d(cond_map_channels, 2 * c) if cond_map_channels else None
+
+    def _params(self, x: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
+        h = self.learned.expand(x.shape[0], -1, -1, -1)
+        if self.cond_proj is not None:
+            h = h + self.cond_proj(cond.vec.to(h.dtype)).view(-1, *self.learned.shape[1:])
+        if self.map_conv is not None:
+            h = h + self.map_conv(cond.map.to(h.dtype))
+        h = _as_float(h, x)
+        return h[:, 0::2], h[:, 1::2]
+
+    def forward(self, x: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
+        mu, log_sigma = self._params(x, cond)
+        return ((x - mu) * torch.exp(-log_sigma)).to(x.dtype), -sum_per_sample(log_sigma)
+
+    def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
+        mu, log_sigma = self._params(y, cond)
+        return (y * torch.exp(log_sigma) + mu).to(y.dtype), sum_per_sample(log_sigma)
+
+
+def standard_normal_logprob(eps: Tensor) -> Tensor:
+    """Per-sample log N(eps; 0, I), summed in float32 or better."""
+    e = eps.to(logdet_dtype(eps))
+    return -0.5 * (e.flatten(1).pow(2).sum(1) + e[0].numel() * math.log(2 * math.pi))

@@ -1,0 +1,66 @@
+"""Prior p(z) over the global code: standard normal, or a learned flow built from normflows.
+
+normflows' vector flows (RealNVP coupling blocks with MLPs) are exactly what a
+64-d prior needs, so they are used as they are; its convention is the reverse
+of ours (its ``forward`` samples), which this wrapper hides.
+"""
+from __future__ import annotations
+
+import math
+
+import normflows as nf
+import torch
+from torch import Tensor, nn
+
+
+class StandardNormalPrior(nn.Module):
+    analytic_kl = True
+
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        z = z.float()
+        return -0.5 * (z.pow(2).sum(1) + self.z_dim * math.log(2 * math.pi))
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        return temperature * torch.randn(n, self.z_dim, device=self._device_anchor.device)
+
+
+class FlowPrior(nn.Module):
+    """p(z) = RealNVP flow (normflows) over a standard normal base."""
+
+    analytic_kl = False
+
+    def __init__(self, z_dim: int, layers: int = 2, hidden: int = 256):
+        super().__init__()
+        if z_dim % 2:
+            raise ValueError(f"a flow prior needs an even z_dim, got {z_dim}")
+        flows = []
+        for _ in range(layers):
+            net = nf.nets.MLP([z_dim // 2, hidden, hidden, z_dim], init_zeros=True)
+            flows += [nf.flows.AffineCouplingBlock(net), nf.flows.Permute(z_dim, mode="swap")]
+        self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(z_dim, trainable=False), flows)
+        self.z_dim = z_dim
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return self.flow.log_prob(z.float())
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        q0 = self.flow.q0
+        q0.temperature = None if temperature == 1.0 else temperature
+        try:
+            z, _ = self.flow.sample(n)
+        finally:
+            q0.temperature = None
+        return z
+
+
+def build_prior(kind: str, z_dim: int, layers: int, hidden: int) -> nn.Module:
+    if kind == "normal":
+        return StandardNormalPrior(z_dim)
+    if kind == "flow":
+        return FlowPrior(z_dim, layers, hidden)
+    raise ValueError(f"unknown prior {kind!r}: use 'normal' or 'flow'")
