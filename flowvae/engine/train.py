@@ -110,9 +110,16 @@ def _log_images(writer, model: FlowVAE, test_x: torch.Tensor, step: int) -> None
 
 def train(cfg: Config, out: str | Path, device: str = "auto", resume: bool = False, progress: bool = True) -> dict:
     """Train (or, with ``resume``, continue) a run in ``out``; returns the final evaluation."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, Path(out), device, resume, progress)
+    finally:
+        torch.set_num_threads(threads)  # train.threads must not leak into the caller's process
+
+
+def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    out = Path(out)
     ckpt_path = out / "checkpoint.pt"
     state: Optional[dict] = None
     if ckpt_path.exists():

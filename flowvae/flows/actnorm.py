@@ -60,9 +60,12 @@ def data_dependent_init(module: nn.Module) -> Iterator[None]:
         m._init_pending = True
     try:
         yield
-    finally:
-        missed = [m for m in layers if m._init_pending]
+    except BaseException:
         for m in layers:
             m._init_pending = False
-        if missed:
+        raise
+    missed = [m for m in layers if m._init_pending]
+    for m in layers:
+        m._init_pending = False
+    if missed:
             raise RuntimeError(f"{len(missed)} ActNorm layers were not reached by the initialisation pass")

@@ -2,7 +2,7 @@
 
 W = P L (U + diag(sign * exp(log_s))). The log-det is H*W*sum(log_s), exact and
 cheap. The inverse weight is computed in float64 from the LU factors and cached
-until a parameter changes (parameter ``_version`` counters), so sampling and
+until a parameter changes, so sampling and
 decoding neither drift in float32 nor pay for an inversion on every call.
 """
 from __future__ import annotations
@@ -41,8 +41,12 @@ class InvConv1x1(FlowLayer):
         return p @ lower @ upper
 
     def inverse_weight(self) -> Tensor:
-        key = (self.lower._version, self.upper._version, self.log_s._version, self.lower.device, id(self.lower))
-        if self._inv_cache is None or self._inv_cache[0] != key or torch.is_grad_enabled():
+        params = (self.lower, self.upper, self.log_s)
+        cache = self._inv_cache
+        # The cache holds a copy of the factors it was computed from: comparing C x C matrices is as cheap
+        # as it gets and, unlike version counters, also sees writes through ``.data``.
+        if (torch.is_grad_enabled() or cache is None or cache[1].device != self.lower.device
+                or not all(torch.equal(a, b) for a, b in zip(cache[0], params))):
             p, lower, upper = self._factors(torch.float64)
             eye = torch.eye(p.shape[0], dtype=torch.float64, device=p.device)
             # W^-1 = U^-1 L^-1 P^T via two triangular solves (stable, float64).
@@ -50,7 +54,7 @@ class InvConv1x1(FlowLayer):
             w_inv = torch.linalg.solve_triangular(upper, l_inv, upper=True) @ p.T
             if torch.is_grad_enabled():
                 return w_inv
-            self._inv_cache = (key, w_inv)
+            self._inv_cache = (tuple(t.detach().clone() for t in params), w_inv)
         return self._inv_cache[1]
 
     def _logdet(self, x: Tensor) -> Tensor:

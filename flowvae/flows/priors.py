@@ -22,6 +22,13 @@ def _as_float(t: Tensor, like: Tensor) -> Tensor:
     return t.to(logdet_dtype(like))
 
 
+def _need(cond: Optional[Cond], vec: bool, maps: bool, who: str) -> None:
+    if vec and (cond is None or cond.vec is None):
+        raise ValueError(f"{who} expects a global code (cond.vec)")
+    if maps and (cond is None or cond.map is None):
+        raise ValueError(f"{who} expects a spatial conditioning map (cond.map)")
+
+
 class GaussianizeSplit(FlowLayer):
     """Standardise the second half of the channels given the first half and the conditioning.
 
@@ -41,6 +48,7 @@ class GaussianizeSplit(FlowLayer):
             nn.init.zeros_(self.cond_proj.bias)
 
     def _params(self, kept: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
+        _need(cond, self.cond_proj is not None, bool(self.cond_map_channels), "this split prior")
         inp = kept
         if self.cond_map_channels:
             inp = torch.cat([kept, cond.map.to(kept.dtype)], 1)
@@ -78,6 +86,7 @@ class GaussianizeTop(FlowLayer):
         self.map_conv = ZeroConv2d(cond_map_channels, 2 * c) if cond_map_channels else None
 
     def _params(self, x: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
+        _need(cond, self.cond_proj is not None, self.map_conv is not None, "this top prior")
         h = self.learned.expand(x.shape[0], -1, -1, -1)
         if self.cond_proj is not None:
             h = h + self.cond_proj(cond.vec.to(h.dtype)).view(-1, *self.learned.shape[1:])

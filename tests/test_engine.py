@@ -1,0 +1,68 @@
+"""Training-loop behaviour: non-finite steps are skipped and counted, budgets stop training, warm-up, EMA."""
+import json
+from pathlib import Path
+
+import torch
+
+from flowvae import FlowVAE, load_checkpoint, load_config
+from flowvae.engine.train import EMA, build_optimizer, train
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+FAST = ["train.eval_every=0", "train.checkpoint_every=0", "train.eval_images=32", "train.max_steps=8"]
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    real_loss = FlowVAE.loss
+    calls = {"n": 0}
+
+    def poisoned(self, x):
+        out = real_loss(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in (3, 5):
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(FlowVAE, "loss", poisoned)
+    res = train(load_config(TINY, FAST), tmp_path / "run", device="cpu", progress=False)
+    assert res["skipped_steps"] == 2 and res["step"] == 8
+    model, _, state = load_checkpoint(tmp_path / "run", ema=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert state["skipped_steps"] == 2
+
+
+def test_wall_clock_budget_stops_training(tmp_path):
+    cfg = load_config(TINY, FAST + ["train.max_steps=100000", "train.max_minutes=0.05"])
+    res = train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert 0 < res["step"] < 100000
+    assert res["train_minutes"] >= 0.05
+    assert json.loads((tmp_path / "run" / "train_metrics.json").read_text())["step"] == res["step"]
+
+
+def test_warmup_schedule_and_optimizers():
+    cfg = load_config(TINY, ["train.warmup_steps=4", "train.lr=1e-2"])
+    model = FlowVAE.from_config(cfg.model)
+    opt, sched = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.Adamax)
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]
+    cfg = load_config(TINY, ["train.optimizer=adamw", "train.weight_decay=0.01"])
+    assert isinstance(build_optimizer(cfg, model)[0], torch.optim.AdamW)
+
+
+def test_ema_tracks_parameters_with_ramped_decay():
+    lin = torch.nn.Linear(2, 2)
+    ema = EMA(lin, decay=0.9)
+    start = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)  # first update: decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.model.weight, start + 0.9, atol=1e-6)
+    for _ in range(200):
+        ema.update(lin)
+    assert torch.allclose(ema.model.weight, lin.weight, atol=1e-4)
+    assert not ema.model.weight.requires_grad
