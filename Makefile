@@ -11,7 +11,6 @@ RUN ?= runs/quickstart
 
 $(BIN)/.installed: pyproject.toml requirements/cpu.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -r requirements/cpu.txt
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@

@@ -116,7 +116,7 @@ class FlowVAE(nn.Module):
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training objective. Returns 'loss' (scalar: mean negative ELBO in bits/dim, with
         kl_beta / free_bits applied if configured) and per-image 'elbo_bpd', 'flow_bpd', 'kl_bpd',
-        'dequant_bpd', 'kl_nats'."""
+        'dequant_bpd', 'kl_nats' (and 'z_mean', the posterior mean, for a hybrid)."""
         x_int = self._prepare(x)
         t = self._terms(x_int)
         out = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl"], self.num_dims, self.n_bits)
@@ -130,6 +130,8 @@ class FlowVAE(nn.Module):
             train_kl = self.cfg.kl_beta * train_kl
         train_bpd = out["flow_bpd"] + out["dequant_bpd"] + train_kl / (self.num_dims * LN2)
         out["loss"] = train_bpd.mean()
+        if self.hybrid:
+            out["z_mean"] = t["mu"]
         return out
 
     @torch.no_grad()

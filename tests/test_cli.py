@@ -58,9 +58,9 @@ def test_image_commands(tiny_run, tmp_path, cmd, extra):
     assert main([cmd, "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(out), *extra]) == 0
     with Image.open(out) as im:
         w, h = im.size
-    # grid tiles are 28 px + 2 px padding
+    # grid tiles are 28 px shown at 2x (56 px) + 2 px padding
     rows_cols = {"sample": (3, 3), "swap": (5, 5), "reconstruct": (3, 9), "interpolate": (6, 5)}[cmd]
-    assert (h, w) == (2 + 30 * rows_cols[0], 2 + 30 * rows_cols[1])
+    assert (h, w) == (2 + 58 * rows_cols[0], 2 + 58 * rows_cols[1])
 
 
 def test_scripts_wrapper(tiny_run, tmp_path):

@@ -29,7 +29,9 @@ class DataError(RuntimeError):
 
 # ----------------------------------------------------------------- idx files
 def read_idx(path: Path) -> Tensor:
-    """Read an (optionally gzipped) idx file of unsigned bytes, as MNIST and Fashion-MNIST ship."""
+    """Read an (optionally gzipped) idx file of unsigned bytes, as MNIST and Fashion-MNIST ship.
+    (torchvision's reader only takes the decompressed files inside its own folder layout; Debian's
+    copy and ours are gzipped.)"""
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rb") as f:

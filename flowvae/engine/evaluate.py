@@ -40,7 +40,7 @@ def evaluate(model: FlowVAE, dataset, k: int = 1, batch_size: int = 64, limit: i
         if k > 1:
             iw_sum += nats_to_bpd(model.log_prob(x, k=k), model.num_dims).double().sum().item()
         if model.hybrid:
-            mus.append(model._posterior(model._prepare(x))[0].cpu())
+            mus.append(out["z_mean"].cpu())
         count += x.shape[0]
         bar.update(x.shape[0])
         bar.set_postfix(elbo_bpd=f"{sums['elbo_bpd'] / count:.4f}")
