@@ -177,7 +177,11 @@ def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) ->
     writer = SummaryWriter(str(out / "tb"))
     test_x = test_ds[torch.arange(min(len(test_ds), 36))][0]
     window = {"images": 0, "seconds": 0.0}
-    bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    # With a wall-clock budget the bar counts budget seconds (its ETA is then the real end), else steps.
+    timed = math.isfinite(budget)
+    bar = tqdm(total=round(budget) if timed else t.max_steps, initial=round(train_seconds) if timed else step,
+               desc="train", unit="s" if timed else "step", disable=not progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]" if timed else None)
     interrupted = False
     model.train()
     with _Stop() as stop:
@@ -209,10 +213,10 @@ def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) ->
                     window["seconds"] += dt
                     step += 1
                     batch_in_epoch += 1
-                    bar.update(1)
+                    bar.update(min(dt, budget - bar.n) if timed else 1)
                     if step % t.log_every == 0 or step == 1:
                         bpd = out_d["elbo_bpd"].mean().item()
-                        bar.set_postfix(bpd=f"{bpd:.3f}", skipped=skipped)
+                        bar.set_postfix(step=step, bpd=f"{bpd:.3f}", skipped=skipped)
                         for key in LOGGED:
                             writer.add_scalar(f"train/{key}", out_d[key].mean().item(), step)
                         writer.add_scalar("train/loss", loss.item(), step)
