@@ -21,6 +21,21 @@ from typing import Optional, Sequence
 import torch
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _count(1), _count(0)
+
+
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=False, help=out_help)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -39,15 +54,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="test-set elbo_bpd, iw{K}_bpd, each term and active units")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--k", type=int, default=None, help="importance samples (default eval.k of the config)")
+    p.add_argument("--k", type=POSITIVE, default=None, help="importance samples (default eval.k of the config)")
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=NON_NEGATIVE, default=None, help="only the first N images")
     p.add_argument("--seed", type=int, default=0)
     _common(p, "JSON file for the results (default: <run dir>/eval_k<K>.json)")
 
     p = sub.add_parser("sample", help="a grid of samples")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=POSITIVE, default=64)
     p.add_argument("--temperature", type=float, default=0.7, help="temperature of the local code eps")
     p.add_argument("--z-temperature", type=float, default=1.0, help="temperature of the global code z")
     p.add_argument("--seed", type=int, default=0)
@@ -57,16 +72,16 @@ def _parser() -> argparse.ArgumentParser:
                            ("reconstruct", "same local code, global code resampled from the prior")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--checkpoint", required=True)
-        p.add_argument("--n", type=int, default=8, help="number of test images")
-        p.add_argument("--first", type=int, default=0, help="index of the first test image")
+        p.add_argument("--n", type=POSITIVE, default=8, help="number of test images")
+        p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image")
         p.add_argument("--seed", type=int, default=0)
         _common(p, f"PNG file (default: <run dir>/{name}.png)")
 
     p = sub.add_parser("interpolate", help="interpolate z and eps between pairs of test images")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--pairs", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--pairs", type=POSITIVE, default=4)
+    p.add_argument("--steps", type=_count(2), default=10)
+    p.add_argument("--first", type=NON_NEGATIVE, default=0)
     _common(p, "PNG file (default: <run dir>/interpolate.png)")
     return ap
 
@@ -109,6 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(args) -> int:
@@ -139,7 +157,7 @@ def _dispatch(args) -> int:
         from .data import load_dataset
         from .engine.evaluate import evaluate, format_table, write_json
 
-        k = args.k or cfg.eval.k
+        k = cfg.eval.k if args.k is None else args.k
         limit = cfg.eval.limit if args.limit is None else args.limit
         ds = load_dataset(cfg.data, cfg.model, args.split)
         res = evaluate(model, ds, k=k, batch_size=cfg.eval.batch_size, limit=limit, seed=args.seed)

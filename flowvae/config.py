@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -106,7 +107,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or float(value) != int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if isinstance(default, float):
@@ -213,5 +214,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.z_dim must be >= 1 for a hybrid model")
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
-    if cfg.train.batch_size < 1 or cfg.eval.k < 1:
-        raise ConfigError("train.batch_size and eval.k must be >= 1")
+    t, e, d = cfg.train, cfg.eval, cfg.data
+    positive = {"train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.log_every": t.log_every,
+                "train.init_batch_size": t.init_batch_size, "train.lr": t.lr, "eval.k": e.k,
+                "eval.batch_size": e.batch_size, "model.coupling_clamp": m.coupling_clamp,
+                "model.encoder_width": m.encoder_width, "model.encoder_blocks": m.encoder_blocks}
+    for name, v in positive.items():
+        if not v > 0:
+            raise ConfigError(f"{name} must be > 0, got {v}")
+    non_negative = {"train.checkpoint_every": t.checkpoint_every, "train.eval_every": t.eval_every,
+                    "train.eval_images": t.eval_images, "train.max_minutes": t.max_minutes,
+                    "train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
+                    "train.threads": t.threads, "eval.limit": e.limit, "data.limit_train": d.limit_train,
+                    "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
+                    "model.free_bits": m.free_bits, "model.kl_beta": m.kl_beta}
+    for name, v in non_negative.items():
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+    if not t.grad_clip > 0 or not math.isfinite(t.grad_clip):
+        raise ConfigError(f"train.grad_clip must be a finite number > 0 (the max gradient norm), got {t.grad_clip}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if d.channels not in (0, 1, 3):
+        raise ConfigError(f"data.channels must be 0 (the model's), 1 or 3, got {d.channels}")
+    if not 0 < d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")

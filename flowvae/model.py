@@ -125,8 +125,10 @@ class FlowVAE(nn.Module):
             if self.cfg.free_bits > 0:
                 if "kl_per_dim" in t:
                     train_kl = free_bits_kl(t["kl_per_dim"], self.cfg.free_bits)
-                else:
-                    train_kl = torch.clamp(train_kl, min=self.cfg.free_bits * self.cfg.z_dim)
+                else:  # Monte-Carlo KL: floor the batch mean (per-image estimates are noisy, even negative)
+                    floor = self.cfg.free_bits * self.cfg.z_dim
+                    if train_kl.mean() < floor:
+                        train_kl = torch.full_like(train_kl, floor)
             train_kl = self.cfg.kl_beta * train_kl
         train_bpd = out["flow_bpd"] + out["dequant_bpd"] + train_kl / (self.num_dims * LN2)
         out["loss"] = train_bpd.mean()

@@ -132,3 +132,12 @@ def test_cli_errors(tmp_path, tiny_run, capsys):
     assert "not found in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["swap", "--checkpoint", str(tiny_run), "model.z_dim=3"])
+
+
+def test_cli_rejects_bad_counts(tiny_run, capsys):
+    for args in (["sample", "--n", "0"], ["evaluate", "--k", "0"], ["swap", "--first", "-1"],
+                 ["interpolate", "--steps", "1"], ["evaluate", "--limit", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main([args[0], "--checkpoint", str(tiny_run), *args[1:]])
+        assert e.value.code == 2
+        assert "must be >=" in capsys.readouterr().err

@@ -66,3 +66,28 @@ def test_ema_tracks_parameters_with_ramped_decay():
         ema.update(lin)
     assert torch.allclose(ema.model.weight, lin.weight, atol=1e-4)
     assert not ema.model.weight.requires_grad
+
+
+def test_bad_training_settings_are_rejected():
+    import pytest
+
+    from flowvae import ConfigError
+
+    for bad, msg in (("train.grad_clip=0", "grad_clip"), ("model.coupling_clamp=0", "coupling_clamp"),
+                     ("train.log_every=0", "log_every"), ("eval.batch_size=0", "eval.batch_size"),
+                     ("data.limit_train=-5", "limit_train"), ("train.max_steps=.inf", "max_steps"),
+                     ("train.ema_decay=1.0", "ema_decay"), ("data.channels=2", "data.channels")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(TINY, [bad])
+
+
+def test_resume_applies_new_lr_and_refuses_changed_data_order(tmp_path):
+    from flowvae.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["train", "--config", str(TINY), "--out", out, "--no-progress", *FAST]) == 0
+    assert main(["train", "--out", out, "--resume", "--no-progress", "train.batch_size=16", "train.max_steps=10"]) == 2
+    assert main(["train", "--out", out, "--resume", "--no-progress", "train.lr=1e-4", "train.max_steps=10"]) == 0
+    _, _, state = load_checkpoint(out)
+    assert state["step"] == 10
+    assert all(g["lr"] == 1e-4 and g["initial_lr"] == 1e-4 for g in state["optimizer"]["param_groups"])

@@ -25,9 +25,19 @@ TERMS = ("elbo_bpd", "flow_bpd", "kl_bpd", "dequant_bpd", "kl_nats")
 @torch.no_grad()
 def evaluate(model: FlowVAE, dataset, k: int = 1, batch_size: int = 64, limit: int = 0, progress: bool = True,
              seed: Optional[int] = 0) -> dict:
-    """Mean per-image bounds over the first ``limit`` images of ``dataset`` (all if 0)."""
-    if seed is not None:
+    """Mean per-image bounds over the first ``limit`` images of ``dataset`` (all if 0). With ``seed`` the
+    draws of (z, u) are reproducible and the caller's random state is left untouched."""
+    if seed is None:
+        return _evaluate(model, dataset, k, batch_size, limit, progress)
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        return _evaluate(model, dataset, k, batch_size, limit, progress)
+
+
+def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, progress: bool) -> dict:
+    if limit < 0 or k < 1:
+        raise ValueError(f"evaluate needs limit >= 0 and k >= 1, got limit={limit}, k={k}")
     n = min(len(dataset), limit) if limit else len(dataset)
     sums = {t: 0.0 for t in TERMS}
     iw_sum, mus, count = 0.0, [], 0

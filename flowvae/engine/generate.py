@@ -21,6 +21,7 @@ def sample_images(model: FlowVAE, n: int, temperature: float = 0.7, z_temperatur
 def swap_grid(model: FlowVAE, x: Tensor) -> tuple[Tensor, int]:
     """(n+1) x (n+1) grid. Row i keeps image i's local code, column j takes image j's global code;
     the top row shows the global-code donors and the left column the local-code donors."""
+    x = x.to(model.device)
     n = x.shape[0]
     z, eps = model.encode(x)
     rows = [torch.cat([blank_like(x), x.to(model.device)])]

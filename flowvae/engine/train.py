@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device (torch.cuda.is_available() is False)")
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device (torch.cuda.is_available() is False)")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
@@ -79,24 +79,28 @@ def build_optimizer(cfg: Config, model: torch.nn.Module):
 
 
 class _Stop:
-    """Turns SIGTERM into a clean stop (checkpoint, then exit) like Ctrl-C."""
+    """Ctrl-C (SIGINT) and SIGTERM finish the current step, then checkpoint and exit, so a checkpoint
+    never holds half a step. A second Ctrl-C stops at once, without saving."""
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self._old: dict = {}
 
     def __enter__(self):
         def handler(signum, frame):
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
             self.requested = True
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not in the main thread
-            self._old = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread: keep the default behaviour
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _log_images(writer, model: FlowVAE, test_x: torch.Tensor, step: int) -> None:
@@ -127,9 +131,17 @@ def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) ->
             raise FileExistsError(f"{out} already holds a run (checkpoint.pt). Pass --resume to continue it, "
                                   f"or choose another --out.")
         state = read_checkpoint(ckpt_path)
-        if config_from_dict(state["config"]).model != cfg.model:
-            raise ValueError(f"--resume: the model config differs from the one {ckpt_path} was trained with; "
-                             f"resume without --config (the run's saved config is used) or start a new run")
+        saved = config_from_dict(state["config"])
+        # These decide the weights' shapes, the optimiser state or the data order: changing them mid-run
+        # would silently repeat or skip data, or fail later. lr, warm-up, budgets and logging may change.
+        fixed = {"model": (saved.model, cfg.model), "data": (saved.data, cfg.data),
+                 "train.batch_size": (saved.train.batch_size, cfg.train.batch_size),
+                 "train.seed": (saved.train.seed, cfg.train.seed),
+                 "train.optimizer": (saved.train.optimizer, cfg.train.optimizer)}
+        changed = [k for k, (a, b) in fixed.items() if a != b]
+        if changed:
+            raise ValueError(f"--resume: {', '.join(changed)} differ from the run in {out}; resume without --config "
+                             f"(the run's saved config is used), override only other train.* keys, or start a new run")
     t = cfg.train
     dev = resolve_device(device)
     if t.threads:
@@ -151,11 +163,16 @@ def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) ->
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        # The loaded state carries the old lr / weight decay; apply this config's (overrides on resume work).
+        sched.base_lrs = [t.lr for _ in opt.param_groups]
+        for g in opt.param_groups:
+            g["initial_lr"], g["weight_decay"] = t.lr, t.weight_decay
+            g["lr"] = t.lr * sched.lr_lambdas[0](sched.last_epoch)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         skipped, train_seconds = state["skipped_steps"], state["train_seconds"]
         torch.set_rng_state(state["rng"]["cpu"])
         if dev.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+            torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
         ema = EMA(model, t.ema_decay, updates=step - skipped)
         ema.model.load_state_dict(state["ema"])
         print(f"resumed {ckpt_path} at step {step} (epoch {epoch}, {train_seconds / 60:.1f} min trained)")
@@ -170,19 +187,18 @@ def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) ->
             "model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "skipped_steps": skipped, "train_seconds": train_seconds, "config": cfg.to_dict(),
-            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None},
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
         })
 
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
     writer = SummaryWriter(str(out / "tb"))
-    test_x = test_ds[torch.arange(min(len(test_ds), 36))][0]
+    test_x = test_ds[torch.arange(min(len(test_ds), 36))][0].to(dev)
     window = {"images": 0, "seconds": 0.0}
     # With a wall-clock budget the bar counts budget seconds (its ETA is then the real end), else steps.
     timed = math.isfinite(budget)
     bar = tqdm(total=round(budget) if timed else t.max_steps, initial=round(train_seconds) if timed else step,
                desc="train", unit="s" if timed else "step", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]" if timed else None)
-    interrupted = False
     model.train()
     with _Stop() as stop:
         try:
@@ -240,11 +256,21 @@ def _train(cfg: Config, out: Path, device: str, resume: bool, progress: bool) ->
                 else:
                     epoch += 1
                     batch_in_epoch = 0
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt:  # a second Ctrl-C: the step in flight may be half done, so do not save it
+            bar.close()
+            writer.close()
+            print(f"stopped at once by a second Ctrl-C; {ckpt_path} holds the last periodic checkpoint")
+            raise
+        except Exception:
+            # A crash mid-run (a corrupt file read lazily, out of memory, ...) keeps the last finished step.
+            bar.close()
+            writer.close()
+            checkpoint()
+            print(f"training failed at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)")
+            raise
         bar.close()
         checkpoint()
-        if interrupted or stop.requested:
+        if stop.requested:
             writer.close()
             print(f"interrupted at step {step}: checkpoint saved to {ckpt_path}; continue with --resume")
             return {"interrupted": True, "step": step}

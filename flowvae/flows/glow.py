@@ -1,6 +1,6 @@
 """Conditional multi-scale Glow: the invertible decoder of flowvae.
 
-``forward(y, z) -> (eps, logdet)`` maps a dequantised image ``y`` (in [0, 1))
+``forward(y, z) -> (eps, logdet)`` maps a dequantised image ``y`` (FlowVAE feeds [-0.5, 0.5))
 to its local code ``eps``: a tensor of the image's own shape holding the
 standardised latents of every level (split-off halves and the top), packed back
 to pixel layout by undoing the squeezes. Under the model ``eps ~ N(0, I)``, so
