@@ -91,3 +91,19 @@ def test_resume_applies_new_lr_and_refuses_changed_data_order(tmp_path):
     _, _, state = load_checkpoint(out)
     assert state["step"] == 10
     assert all(g["lr"] == 1e-4 and g["initial_lr"] == 1e-4 for g in state["optimizer"]["param_groups"])
+
+
+def test_every_shipped_config_loads_and_builds():
+    import pytest
+
+    configs = sorted((TINY.parent).glob("*.yaml"))
+    assert {p.stem for p in configs} >= {"tiny", "quickstart", "fashion_mnist", "mnist", "cifar10", "celeba64"}
+    for path in configs:
+        cfg = load_config(path)
+        model = FlowVAE.from_config(cfg.model)
+        assert model.image_shape == (cfg.model.image_channels, *cfg.model.image_size), path.name
+    big = FlowVAE.from_config(load_config(TINY.parent / "cifar10.yaml").model)
+    assert len(big.glow.level_steps) == 3 and all(len(s) == 32 for s in big.glow.level_steps)
+    assert big.glow.level_steps[0][0].layers[2].net.conv2.out_channels == 512
+    with pytest.raises(FileNotFoundError):
+        load_config(TINY.parent / "nope.yaml")
