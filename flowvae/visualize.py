@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
-
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F

@@ -24,10 +24,10 @@ def swap_grid(model: FlowVAE, x: Tensor) -> tuple[Tensor, int]:
     x = x.to(model.device)
     n = x.shape[0]
     z, eps = model.encode(x)
-    rows = [torch.cat([blank_like(x), x.to(model.device)])]
+    rows = [torch.cat([blank_like(x), x])]
     for i in range(n):
         cell = model.decode(z, eps[i : i + 1].expand(n, -1, -1, -1))
-        rows.append(torch.cat([x[i : i + 1].to(model.device), cell]))
+        rows.append(torch.cat([x[i : i + 1], cell]))
     return torch.cat(rows), n + 1
 
 
