@@ -6,6 +6,8 @@
     flowvae swap --checkpoint runs/quick --n 8 --out swap.png
     flowvae reconstruct --checkpoint runs/quick --n 8 --out reconstruct.png
     flowvae interpolate --checkpoint runs/quick --pairs 4 --steps 10 --out interpolate.png
+    flowvae resample-level --checkpoint runs/hier --level all --n 6 --m 7     # one grid per latent group
+    flowvae analyze --checkpoint runs/hier --classifier runs/classifier.pt   # swap consistency, probes, KL
 
 ``--checkpoint`` takes a checkpoint file or a run directory. Trailing
 ``section.key=value`` items override the config (for commands reading a
@@ -76,6 +78,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image")
         p.add_argument("--seed", type=int, default=0)
         _common(p, f"PNG file (default: <run dir>/{name}.png)")
+
+    p = sub.add_parser("resample-level", help="re-draw one latent group (global z or a level's z_l), hold the rest")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--level", default="all", help="'global', a level index l (hierarchical models), or 'all' (default)")
+    p.add_argument("--n", type=POSITIVE, default=6, help="number of test images (rows)")
+    p.add_argument("--m", type=POSITIVE, default=7, help="draws per image (columns after the original)")
+    p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p, "PNG file for one level, or a directory for --level all (default: the run dir, "
+               "resample_<group>.png)")
+
+    p = sub.add_parser("analyze", help="decoupling analysis: swap consistency, linear probes, KL per latent group")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--classifier", help="classifier cache: loaded if it exists, else trained and saved there")
+    p.add_argument("--classifier-epochs", type=POSITIVE, default=3)
+    p.add_argument("--pairs", type=POSITIVE, default=1000, help="test pairs for swap consistency")
+    p.add_argument("--probe-train", type=POSITIVE, default=10000, help="training images for the linear probes")
+    p.add_argument("--probe-test", type=POSITIVE, default=2000, help="test images for the probes")
+    p.add_argument("--kl-images", type=POSITIVE, default=2000, help="test images for KL / active units per group")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    _common(p, "JSON file (default: <run dir>/analysis.json)")
 
     p = sub.add_parser("interpolate", help="interpolate z and eps between pairs of test images")
     p.add_argument("--checkpoint", required=True)
@@ -169,9 +194,43 @@ def _dispatch(args) -> int:
         print(f"written to {out}")
         return 0
 
+    if args.command == "analyze":
+        from .data import load_dataset
+        from .engine.analyze import analyze, format_analysis
+        from .engine.evaluate import write_json
+
+        res = analyze(model, load_dataset(cfg.data, cfg.model, "train"), load_dataset(cfg.data, cfg.model, "test"),
+                      classifier=Path(args.classifier) if args.classifier else None,
+                      classifier_epochs=args.classifier_epochs, pairs=args.pairs, probe_train=args.probe_train,
+                      probe_test=args.probe_test, kl_images=args.kl_images, seed=args.seed,
+                      progress=not args.no_progress)
+        res["checkpoint"] = str(args.checkpoint)
+        out = Path(args.out) if args.out else run_dir / "analysis.json"
+        write_json(res, out)
+        print(format_analysis(res))
+        print(f"written to {out}")
+        return 0
+
     if hasattr(args, "seed"):
         torch.manual_seed(args.seed)
     from .engine import generate
+
+    if args.command == "resample-level":
+        groups = list(model.latent_groups()) if model.hybrid else []
+        if not groups:
+            raise ValueError("resample-level needs latent codes: this is a flow-only (model.type=glow) model")
+        names = groups if args.level == "all" else ["global" if args.level == "global" else f"level{args.level}"]
+        for name in names:
+            model.group_shape("global" if name == "global" else name[len("level"):])  # validates the level
+        x = _test_images(cfg, model, args.first, args.n)
+        target = Path(args.out) if args.out else run_dir
+        for name in names:
+            level = "global" if name == "global" else int(name[len("level"):])
+            imgs, nrow = generate.resample_level_grid(model, x, level, args.m, args.temperature, seed=args.seed)
+            out = target / f"resample_{name}.png" if args.level == "all" or not args.out else target
+            save_grid(imgs.cpu(), out, nrow=nrow)
+            print(f"wrote {out}")
+        return 0
 
     if args.command == "sample":
         imgs = generate.sample_images(model, args.n, args.temperature, args.z_temperature)

@@ -30,6 +30,10 @@ class ModelConfig:
     hidden: int = 128               # coupling network width
     coupling_clamp: float = 2.0     # |log scale| bound of each coupling
     z_dim: int = 64                 # global code size
+    injection: str = "global"       # global (z only) | hierarchical (z plus a spatial z_l per Glow level)
+    hier_channels: int = 2          # hierarchical: channels of each level's latent z_l [C, H/2^(l+1), W/2^(l+1)]
+    hier_prior: str = "normal"      # hierarchical: p(z_l) = N(0, I) (normal) | top-down p(z_l | z_{l+1}) (topdown)
+    hier_hidden: int = 32           # hierarchical: width of the top-down prior networks
     encoder_width: int = 64
     encoder_blocks: int = 1         # residual blocks per resolution
     prior: str = "normal"           # normal (analytic KL) | flow (normflows RealNVP, Monte-Carlo KL)
@@ -73,6 +77,8 @@ class TrainConfig:
     eval_images: int = 1000         # test images for the periodic evaluation
     seed: int = 0
     threads: int = 0                # torch CPU threads (0 = torch's default)
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast; log-dets, priors, KL and loss stay float32)
+    grad_accum: int = 1             # micro-batches per step per process; batch_size stays the global batch
 
 
 @dataclass
@@ -197,7 +203,10 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     choices = {"model.type": (m.type, ("hybrid", "glow")), "model.prior": (m.prior, ("normal", "flow")),
                "model.dequantization": (m.dequantization, ("uniform", "variational")),
-               "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw"))}
+               "model.injection": (m.injection, ("global", "hierarchical")),
+               "model.hier_prior": (m.hier_prior, ("normal", "topdown")),
+               "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
+               "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
@@ -212,11 +221,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.image_size {h}x{w} must be divisible by 2**levels = {2**m.levels}")
     if m.type == "hybrid" and m.z_dim < 1:
         raise ConfigError("model.z_dim must be >= 1 for a hybrid model")
+    if m.injection == "hierarchical" and m.type != "hybrid":
+        raise ConfigError("model.injection=hierarchical needs model.type=hybrid (a flow-only Glow has no encoder)")
+    if m.injection == "hierarchical" and (m.hier_channels < 1 or m.hier_hidden < 1):
+        raise ConfigError(f"model.hier_channels and model.hier_hidden must be >= 1, got {m.hier_channels}, {m.hier_hidden}")
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
     t, e, d = cfg.train, cfg.eval, cfg.data
     positive = {"train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.log_every": t.log_every,
-                "train.init_batch_size": t.init_batch_size, "train.lr": t.lr, "eval.k": e.k,
+                "train.init_batch_size": t.init_batch_size, "train.lr": t.lr, "train.grad_accum": t.grad_accum, "eval.k": e.k,
                 "eval.batch_size": e.batch_size, "model.coupling_clamp": m.coupling_clamp,
                 "model.encoder_width": m.encoder_width, "model.encoder_blocks": m.encoder_blocks}
     for name, v in positive.items():
@@ -233,6 +246,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
     if not t.grad_clip > 0 or not math.isfinite(t.grad_clip):
         raise ConfigError(f"train.grad_clip must be a finite number > 0 (the max gradient norm), got {t.grad_clip}")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} (the global batch) must be divisible by train.grad_accum={t.grad_accum}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if d.channels not in (0, 1, 3):

@@ -17,6 +17,7 @@ from .config import ModelConfig, config_from_dict
 from .dequantization import UniformDequantizer, VariationalDequantizer
 from .encoder import Encoder
 from .flows import ConditionalGlow, data_dependent_init, standard_normal_logprob
+from .hierarchical import HierarchicalLatents
 from .objective import LN2, bpd_terms, free_bits_kl, gaussian_kl_per_dim, gaussian_log_prob
 from .prior import build_prior
 
@@ -31,14 +32,23 @@ class FlowVAE(nn.Module):
         self.num_dims = c * h * w
         self.n_bits = cfg.n_bits
         self.hybrid = cfg.type == "hybrid"
+        self.hierarchical = self.hybrid and cfg.injection == "hierarchical"
         z_dim = cfg.z_dim if self.hybrid else 0
-        self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.steps, cfg.hidden, cond_dim=z_dim, clamp=cfg.coupling_clamp)
+        maps = [cfg.hier_channels] * cfg.levels if self.hierarchical else None
+        self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.steps, cfg.hidden, cond_dim=z_dim,
+                                    cond_map_channels=maps, clamp=cfg.coupling_clamp)
+        self.latents = None  # the per-level latents z_l of the hierarchical variant
         if self.hybrid:
             self.encoder = Encoder(c, (h, w), z_dim, cfg.encoder_width, cfg.encoder_blocks, levels=cfg.levels)
             self.prior = build_prior(cfg.prior, z_dim, cfg.prior_layers, cfg.prior_hidden)
+            if self.hierarchical:
+                shapes = [(cfg.hier_channels, ch, cw) for _, ch, cw in self.glow.level_shapes()]
+                self.latents = HierarchicalLatents(shapes, cfg.encoder_width, z_dim, cfg.hier_prior, cfg.hier_hidden)
         else:
             self.encoder = None
             self.prior = None
+        # The VAE code: [z] for global injection, [z, z_0 (flat), ..., z_{L-1} (flat)] for hierarchical.
+        self.code_dim = z_dim + (self.latents.dim if self.latents is not None else 0)
         if cfg.dequantization == "uniform":
             self.dequantizer = UniformDequantizer()
         else:
@@ -85,32 +95,81 @@ class FlowVAE(nn.Module):
         """Encoder / dequantiser input in [-0.5, 0.5]."""
         return (x_int + 0.5) / 2**self.n_bits - 0.5
 
+    # ------------------------------------------------------------ the code
+    def latent_groups(self) -> dict[str, slice]:
+        """Where each latent group lives in the code vector: 'global' and, for the hierarchical
+        variant, 'level0' (finest) ... 'level{L-1}' (coarsest)."""
+        groups = {"global": slice(0, self.cfg.z_dim)} if self.hybrid else {}
+        if self.latents is not None:
+            for lvl in range(self.latents.levels):
+                sl = self.latents.offsets(lvl)
+                groups[f"level{lvl}"] = slice(self.cfg.z_dim + sl.start, self.cfg.z_dim + sl.stop)
+        return groups
+
+    def split_code(self, code: Tensor) -> tuple[Tensor, Optional[list[Tensor]]]:
+        """code [N, code_dim] -> (global z [N, z_dim], list of z_l [N, C, H_l, W_l] or None)."""
+        z = code[:, : self.cfg.z_dim]
+        return z, (self.latents.split(code[:, self.cfg.z_dim :]) if self.latents is not None else None)
+
+    def group_shape(self, level: Union[int, str], n: int = 1) -> tuple[int, ...]:
+        """Shape of n draws of one latent group: 'global' -> (n, z_dim), level l -> (n, C, H_l, W_l)."""
+        if not self.hybrid:
+            raise ValueError("this flow-only (model.type=glow) model has no latent groups")
+        if level == "global":
+            return (n, self.cfg.z_dim)
+        ok = self.latents is not None and str(level).lstrip("-").isdigit() and 0 <= int(level) < self.latents.levels
+        if not ok:
+            valid = "'global'" + (f" or a level 0..{self.latents.levels - 1}" if self.latents is not None else "")
+            raise ValueError(f"level must be {valid} for this model (injection={self.cfg.injection}), got {level!r}")
+        return (n, *self.latents.shapes[int(level)])
+
+    def sample_code(self, n: int, temperature: float = 1.0) -> Tensor:
+        """n codes from the prior: z ~ p(z), then (hierarchical) z_l ~ p(z_l | ...) coarsest first."""
+        z = self.prior.sample(n, temperature)
+        if self.latents is None:
+            return z
+        return torch.cat([z, self.latents.join(self.latents.sample(z, temperature))], 1)
+
     # ------------------------------------------------------------ the bound
     def _posterior(self, x_int: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encoder(self._centered(x_int))
+        """(mu, log_sigma) of q(code | x), float32 [N, code_dim]."""
+        feats = self.encoder.features(self._centered(x_int))
+        mu, log_sigma = self.encoder.posterior(feats)
+        if self.latents is not None:
+            mu_l, ls_l = self.latents.posterior(feats)
+            mu, log_sigma = torch.cat([mu, mu_l], 1), torch.cat([log_sigma, ls_l], 1)
+        return mu, log_sigma
 
     def _terms(self, x_int: Tensor, deterministic: bool = False, posterior: Optional[tuple] = None) -> dict[str, Tensor]:
         """Per-image pieces of the bound for one draw of (z, u), in nats."""
         u, log_q_u = self.dequantizer(self._centered(x_int), deterministic)
         y = (x_int + u) / 2**self.n_bits - 0.5  # fixed shift, log-det 0
         out = {"log_q_u": log_q_u}
-        z = None
+        code = z = levels = None
         if self.hybrid:
             mu, log_sigma = posterior if posterior is not None else self._posterior(x_int)
-            z = mu if deterministic else mu + torch.exp(log_sigma) * torch.randn_like(mu)
-            log_q_z = gaussian_log_prob(z, mu, log_sigma)
+            code = mu if deterministic else mu + torch.exp(log_sigma) * torch.randn_like(mu)
+            z, levels = self.split_code(code)
+            d = self.cfg.z_dim
+            log_q_z = gaussian_log_prob(code, mu, log_sigma)  # the whole code, for the IW bound
             log_p_z = self.prior.log_prob(z)
             if self.prior.analytic_kl:
-                kl_dims = gaussian_kl_per_dim(mu, log_sigma)
-                out["kl"] = kl_dims.sum(1)
+                kl_dims = gaussian_kl_per_dim(mu[:, :d], log_sigma[:, :d])
+                out["kl_global"] = kl_dims.sum(1)
                 out["kl_per_dim"] = kl_dims
             else:
-                out["kl"] = log_q_z - log_p_z
+                out["kl_global"] = gaussian_log_prob(z, mu[:, :d], log_sigma[:, :d]) - log_p_z
+            out["kl"] = out["kl_global"]
+            if self.latents is not None:
+                kl_levels, log_p_levels = self.latents.kl_and_log_p(mu[:, d:], log_sigma[:, d:], code[:, d:], z)
+                log_p_z = log_p_z + log_p_levels
+                out["kl_levels"] = kl_levels  # [N, L] nats, finest level first
+                out["kl"] = out["kl"] + kl_levels.sum(1)
             out.update(log_q_z=log_q_z, log_p_z=log_p_z, mu=mu)
         else:
             out["kl"] = torch.zeros_like(log_q_u)
-        out["log_p_y"], out["eps"] = self.glow.log_prob(y, z)
-        out["z"] = z
+        out["log_p_y"], out["eps"] = self.glow.log_prob(y, z, levels)
+        out["z"] = code
         return out
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -122,18 +181,24 @@ class FlowVAE(nn.Module):
         out = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl"], self.num_dims, self.n_bits)
         train_kl = t["kl"]
         if self.hybrid and (self.cfg.free_bits > 0 or self.cfg.kl_beta != 1.0):
-            if self.cfg.free_bits > 0:
+            if self.cfg.free_bits > 0:  # on the global code; the level latents' KL is left as it is
                 if "kl_per_dim" in t:
-                    train_kl = free_bits_kl(t["kl_per_dim"], self.cfg.free_bits)
+                    train_kl_global = free_bits_kl(t["kl_per_dim"], self.cfg.free_bits)
                 else:  # Monte-Carlo KL: floor the batch mean (per-image estimates are noisy, even negative)
+                    train_kl_global = t["kl_global"]
                     floor = self.cfg.free_bits * self.cfg.z_dim
-                    if train_kl.mean() < floor:
-                        train_kl = torch.full_like(train_kl, floor)
+                    if train_kl_global.mean() < floor:
+                        train_kl_global = torch.full_like(train_kl_global, floor)
+                train_kl = train_kl - t["kl_global"] + train_kl_global
             train_kl = self.cfg.kl_beta * train_kl
         train_bpd = out["flow_bpd"] + out["dequant_bpd"] + train_kl / (self.num_dims * LN2)
         out["loss"] = train_bpd.mean()
         if self.hybrid:
             out["z_mean"] = t["mu"]
+            out["kl_global_nats"] = t["kl_global"]
+            if "kl_levels" in t:
+                for lvl in range(t["kl_levels"].shape[1]):
+                    out[f"kl_level{lvl}_nats"] = t["kl_levels"][:, lvl]
         return out
 
     @torch.no_grad()
@@ -177,8 +242,9 @@ class FlowVAE(nn.Module):
     # ------------------------------------------------------ codes and images
     @torch.no_grad()
     def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
-        """Deterministic codes: z = posterior mean (None for a flow-only model), and the local
-        code eps (float [N, C, H, W]) with u at the centre of each bin."""
+        """Deterministic codes: z = posterior mean of the VAE code [N, code_dim] (None for a flow-only
+        model; for the hierarchical variant [z, z_0, ..., z_{L-1}] flattened, see split_code), and the
+        local code eps (float [N, C, H, W]) with u at the centre of each bin."""
         t = self._terms(self._prepare(x), deterministic=True)
         return t["z"], t["eps"]
 
@@ -188,24 +254,52 @@ class FlowVAE(nn.Module):
         if not isinstance(eps, Tensor) or eps.dim() != 4:
             raise ValueError(f"eps must be a float tensor [N, {', '.join(map(str, self.image_shape))}]")
         eps = eps.to(self.device, torch.float32)
+        levels = None
         if self.hybrid:
-            if z is None or z.dim() != 2 or z.shape[1] != self.cfg.z_dim:
-                raise ValueError(f"z must have shape [N, {self.cfg.z_dim}], got {None if z is None else list(z.shape)}")
+            if z is None or z.dim() != 2 or z.shape[1] != self.code_dim:
+                raise ValueError(f"z must have shape [N, {self.code_dim}], got {None if z is None else list(z.shape)}")
             if z.shape[0] != eps.shape[0]:
                 raise ValueError(f"z and eps hold {z.shape[0]} and {eps.shape[0]} images")
-            z = z.to(self.device, torch.float32)
+            z, levels = self.split_code(z.to(self.device, torch.float32))
         else:
             z = None
-        y, _ = self.glow.inverse(eps, z)
+        y, _ = self.glow.inverse(eps, z, levels)
         x_int = torch.floor((y + 0.5) * 2**self.n_bits).clamp(0, 2**self.n_bits - 1)
         return self._to_uint8(x_int)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, z_temperature: float = 1.0) -> Tensor:
         """n uint8 samples: z ~ p(z) at z_temperature, eps ~ N(0, temperature^2 I)."""
-        z = self.prior.sample(n, z_temperature) if self.hybrid else None
+        z = self.sample_code(n, z_temperature) if self.hybrid else None
         eps = temperature * torch.randn(n, *self.image_shape, device=self.device)
         return self.decode(z, eps)
+
+    @torch.no_grad()
+    def resample_level(self, x: Tensor, level: Union[int, str], temperature: float = 1.0,
+                       noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Images like ``x`` (uint8) with one latent group re-drawn from its prior and everything else
+        (the other groups and eps) held: ``level`` is 'global' (z) or a level index l (z_l; hierarchical
+        models). ``noise`` (shape of the group) replaces the standard-normal draw, ``generator`` seeds it;
+        with a top-down prior z_l is drawn given the held z_{l+1} (or z)."""
+        if not self.hybrid:
+            raise ValueError("resample_level needs latent codes: this is a flow-only (model.type=glow) model")
+        code, eps = self.encode(x)
+        n = code.shape[0]
+        z, levels = self.split_code(code)
+        shape = self.group_shape(level, n)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {list(shape)}, got {list(noise.shape)}")
+        noise = noise.to(self.device, torch.float32)
+        if level == "global":
+            z = self.prior.sample(n, temperature, noise=noise)
+        else:
+            lvl = int(level)
+            fixed = [None if i == lvl else t for i, t in enumerate(levels)]
+            levels = self.latents.sample(z, temperature, fixed=fixed, noise=[noise if i == lvl else None for i in range(len(levels))])
+        new = torch.cat([z] + ([self.latents.join(levels)] if levels is not None else []), 1)
+        return self.decode(new, eps)
 
     @torch.no_grad()
     def swap(self, x_local: Tensor, x_global: Tensor) -> Tensor:

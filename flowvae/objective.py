@@ -25,6 +25,11 @@ def gaussian_kl_per_dim(mu: Tensor, log_sigma: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 1.0) - log_sigma
 
 
+def gaussian_kl(mu_q: Tensor, ls_q: Tensor, mu_p: Tensor, ls_p: Tensor) -> Tensor:
+    """KL(N(mu_q, e^(2 ls_q)) || N(mu_p, e^(2 ls_p))) elementwise (for top-down priors)."""
+    return ls_p - ls_q + 0.5 * (torch.exp(2 * (ls_q - ls_p)) + ((mu_q - mu_p) * torch.exp(-ls_p)).pow(2) - 1.0)
+
+
 def gaussian_log_prob(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
     """log N(z; mu, diag sigma^2), summed per sample."""
     return (-0.5 * ((z - mu) * torch.exp(-log_sigma)).pow(2) - log_sigma - 0.5 * math.log(2 * math.pi)).sum(1)

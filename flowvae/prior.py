@@ -7,6 +7,7 @@ of ours (its ``forward`` samples), which this wrapper hides.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import normflows as nf
 import torch
@@ -25,8 +26,11 @@ class StandardNormalPrior(nn.Module):
         z = z.float()
         return -0.5 * (z.pow(2).sum(1) + self.z_dim * math.log(2 * math.pi))
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return temperature * torch.randn(n, self.z_dim, device=self._device_anchor.device)
+    def sample(self, n: int, temperature: float = 1.0, noise: Optional[Tensor] = None) -> Tensor:
+        """n draws at ``temperature``; ``noise`` [n, z_dim] replaces the standard-normal draw."""
+        if noise is None:
+            noise = torch.randn(n, self.z_dim, device=self._device_anchor.device)
+        return temperature * noise
 
 
 class FlowPrior(nn.Module):
@@ -48,9 +52,11 @@ class FlowPrior(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:
         return self.flow.log_prob(z.float())
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, temperature: float = 1.0, noise: Optional[Tensor] = None) -> Tensor:
         base = self.flow.q0.loc  # fixed N(0, I) base; scaling its noise is the usual flow temperature
-        return self.flow.forward(temperature * torch.randn(n, self.z_dim, device=base.device, dtype=base.dtype))
+        if noise is None:
+            noise = torch.randn(n, self.z_dim, device=base.device, dtype=base.dtype)
+        return self.flow.forward(temperature * noise)
 
 
 def build_prior(kind: str, z_dim: int, layers: int, hidden: int) -> nn.Module:

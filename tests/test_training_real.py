@@ -18,9 +18,11 @@ OVERRIDES = ["data.dataset=fashion_mnist_sample", "data.limit_test=256", "model.
              "train.eval_images=256", "train.init_batch_size=256", "train.ema_decay=0.99"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", OVERRIDES)
+@pytest.fixture(scope="module", params=["global", "hierarchical"])
+def trained(tmp_path_factory, request):
+    """The same short run with each injection (hierarchical: top-down p(z_l | z_{l+1}))."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+                      OVERRIDES + [f"model.injection={request.param}", "model.hier_prior=topdown"])
     out = tmp_path_factory.mktemp("real") / "run"
     res = train(cfg, out, device="cpu", progress=False)
     model, cfg, _ = load_checkpoint(out)
@@ -49,6 +51,9 @@ def test_exact_round_trip_and_swap_on_real_images(trained):
     assert torch.equal(model.swap(x, x), x)
     swapped = model.swap(x, x.roll(1, 0))
     assert not torch.equal(swapped, x)  # the global code changes the image
+    for group in model.latent_groups():  # each latent group re-drawn alone also changes it
+        level = "global" if group == "global" else int(group[len("level"):])
+        assert not torch.equal(model.resample_level(x[:8], level, generator=torch.Generator().manual_seed(0)), x[:8])
 
 
 def test_iw_bound_tighter_than_elbo_on_trained_model(trained):

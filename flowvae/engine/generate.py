@@ -34,16 +34,34 @@ def swap_grid(model: FlowVAE, x: Tensor) -> tuple[Tensor, int]:
 @torch.no_grad()
 def reconstruct_grid(model: FlowVAE, x: Tensor, m: int = 7, z_temperature: float = 1.0) -> tuple[Tensor, int]:
     """Per row: the original, its reconstruction decode(encode(x)), then m decodes that keep eps and draw
-    z from the prior: what changes is what the global code controls."""
+    the whole VAE code from the prior: what changes is what the code controls."""
     if not model.hybrid:
         raise ValueError("reconstruct resamples the global code: this flow-only model has none")
     z, eps = model.encode(x)
     rows = []
     for i in range(x.shape[0]):
         e = eps[i : i + 1].expand(m, -1, -1, -1)
-        resampled = model.decode(model.prior.sample(m, z_temperature), e)
+        resampled = model.decode(model.sample_code(m, z_temperature), e)
         rows.append(torch.cat([x[i : i + 1].to(model.device), model.decode(z[i : i + 1], eps[i : i + 1]), resampled]))
     return torch.cat(rows), m + 2
+
+
+@torch.no_grad()
+def resample_level_grid(model: FlowVAE, x: Tensor, level, m: int = 7, temperature: float = 1.0,
+                        seed: int = 0) -> tuple[Tensor, int]:
+    """Per row: the original, then m images that re-draw one latent group (``level``: 'global' or an
+    index l of the hierarchical z_l) and hold the other groups and eps: what that group controls.
+    Column j uses the same draw for every row (a seeded generator)."""
+    x = x.to(model.device)
+    n = x.shape[0]
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    cols = []
+    for _ in range(m):
+        shape = model.group_shape(level)
+        draw = torch.randn(shape[1:], generator=gen, device=model.device).expand(n, *shape[1:])
+        cols.append(model.resample_level(x, level, temperature, noise=draw))
+    grid_rows = [torch.cat([x[i : i + 1]] + [c[i : i + 1] for c in cols]) for i in range(n)]
+    return torch.cat(grid_rows), m + 1
 
 
 @torch.no_grad()

@@ -1,0 +1,210 @@
+"""The hierarchical variant (model.injection=hierarchical): per-level latents z_l condition the Glow.
+
+The same promises as the global model (bijection, log-det, exact codes), a KL that is non-negative per
+level and sums into the loss, a consistent importance-weighted bound, and resample-level changing only
+the group it re-draws.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from flowvae import ConfigError, load_config
+from flowvae.objective import LN2
+
+from conftest import randomize_
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+HIER = ["model.injection=hierarchical", "model.hier_channels=2", "model.hier_hidden=8"]
+PRIORS = ["normal", "topdown"]
+
+
+def make_hier(make_model, prior: str, *extra: str, seed: int = 0):
+    """A tiny hierarchical model whose every latent path is live: the glow's zero-initialised parts,
+    the posterior heads and the top-down prior are randomised (fresh they are the identity / N(0, I))."""
+    model = make_model(*HIER, f"model.hier_prior={prior}", *extra, seed=seed, z_path_std=0.1)
+    randomize_(model.latents, 0.2, seed=seed + 1)
+    randomize_(model.encoder, 0.2, seed=seed + 2, only=lambda n: n.startswith("head"))
+    return model
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_code_layout(make_model, prior):
+    model = make_hier(make_model, prior)
+    # TINY: 8x8 images, 2 levels -> z_0 [2, 4, 4], z_1 [2, 2, 2]; global z 4
+    assert model.latents.shapes == [(2, 4, 4), (2, 2, 2)]
+    assert model.code_dim == 4 + 32 + 8
+    groups = model.latent_groups()
+    assert list(groups) == ["global", "level0", "level1"]
+    assert [(s.start, s.stop) for s in groups.values()] == [(0, 4), (4, 36), (36, 44)]
+    code = torch.arange(2 * model.code_dim, dtype=torch.float32).view(2, -1)
+    z, levels = model.split_code(code)
+    assert torch.equal(z, code[:, :4])
+    assert torch.equal(levels[1].flatten(1), code[:, 36:])
+    assert torch.equal(model.latents.join(levels), code[:, 4:])
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_glow_logdet_matches_brute_force_jacobian_with_level_codes(make_model, images, prior):
+    """The decoder of the hierarchical model is a bijection in y for each (z, z_l): round trip and
+    log-det against the float64 Jacobian, with the model's own code as condition."""
+    model = make_hier(make_model, prior)
+    x = images(2)
+    with torch.no_grad():
+        code = model._posterior(model._prepare(x))[0].double()
+        code = code + 0.5 * torch.randn_like(code)
+    model.double()
+    z, levels = model.split_code(code)
+    y = torch.rand(2, *model.image_shape, dtype=torch.float64) - 0.5
+    eps, ld = model.glow(y, z, levels)
+    y_back, ld_inv = model.glow.inverse(eps, z, levels)
+    assert torch.allclose(y_back, y, atol=1e-10, rtol=0)
+    assert torch.allclose(ld + ld_inv, torch.zeros_like(ld), atol=1e-10)
+    for i in range(2):
+        zi, li = z[i:i + 1], [t[i:i + 1] for t in levels]
+        jac = torch.autograd.functional.jacobian(lambda v: model.glow(v.view(1, *model.image_shape), zi, li)[0].reshape(-1),
+                                                 y[i].reshape(-1))
+        assert torch.allclose(torch.linalg.slogdet(jac)[1], ld[i], atol=1e-8, rtol=0)
+    # every level latent really conditions the flow
+    for lvl in range(2):
+        moved = [t + (1.0 if j == lvl else 0.0) for j, t in enumerate(levels)]
+        assert (model.glow(y, z, moved)[0] - eps).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_decode_encode_and_swap_exact(make_model, images, prior):
+    model = make_hier(make_model, prior)
+    x, x2 = images(8, seed=1), images(8, seed=2)
+    model.initialize(x)
+    code, eps = model.encode(x)
+    assert code.shape == (8, model.code_dim)
+    assert torch.equal(model.decode(code, eps), x)
+    assert torch.equal(model.swap(x, x), x)
+    assert (model.swap(x, x2) != x).float().mean() > 0.05
+    # only the level codes differ: still a different image
+    code2, _ = model.encode(x2)
+    mixed = torch.cat([code[:, :4], code2[:, 4:]], 1)
+    assert not torch.equal(model.decode(mixed, eps), x)
+    with pytest.raises(ValueError, match=f"z must have shape \\[N, {model.code_dim}\\]"):
+        model.decode(code[:, :4], eps)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_kl_per_level_non_negative_and_sums_into_the_loss(make_model, images, prior):
+    model = make_hier(make_model, prior)
+    half_kl = make_hier(make_model, prior, "model.kl_beta=0.5")
+    x = images(6)
+    torch.manual_seed(3)
+    out = model.loss(x)
+    per_level = torch.stack([out["kl_level0_nats"], out["kl_level1_nats"]], 1)
+    assert (per_level > 0).all() and (out["kl_global_nats"] > 0).all()
+    assert torch.allclose(out["kl_nats"], out["kl_global_nats"] + per_level.sum(1), atol=1e-4)
+    assert torch.allclose(out["kl_bpd"], out["kl_nats"] / (model.num_dims * LN2), atol=1e-6)
+    assert torch.allclose(out["loss"], out["elbo_bpd"].mean(), atol=1e-6)
+    # the loss reacts to the level KL: beta scales all of it
+    torch.manual_seed(3)
+    half = half_kl.loss(x)
+    assert torch.allclose(out["loss"] - half["loss"], 0.5 * out["kl_bpd"].mean(), atol=1e-5)
+
+
+def test_topdown_kl_matches_torch_distributions(make_model, images):
+    model = make_hier(make_model, "topdown")
+    x = images(4)
+    with torch.no_grad():
+        mu, ls = model._posterior(model._prepare(x))
+        code = mu + ls.exp() * torch.randn_like(mu)
+        z, levels = model.split_code(code)
+        kl_levels, log_p = model.latents.kl_and_log_p(mu[:, 4:], ls[:, 4:], code[:, 4:], z)
+        mq, lq = model.latents.split(mu[:, 4:]), model.latents.split(ls[:, 4:])
+        ref_kl, ref_lp = [], 0
+        for lvl in range(2):
+            mp, lp = model.latents.level_prior(lvl, levels, z)
+            assert lp.abs().max() > 1e-3 and mp.abs().max() > 1e-3  # the top-down prior is not N(0, I)
+            p = Normal(mp.double(), lp.double().exp())
+            ref_kl.append(kl_divergence(Normal(mq[lvl].double(), lq[lvl].double().exp()), p).flatten(1).sum(1))
+            ref_lp = ref_lp + p.log_prob(levels[lvl].double()).flatten(1).sum(1)
+    assert torch.allclose(kl_levels.double(), torch.stack(ref_kl, 1), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(log_p.double(), ref_lp, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_monte_carlo_kl_matches_analytic_and_iw_bound_tightens(make_model, images, prior):
+    """E_q[log q(code|x) - log p(code)] equals the analytic KL the loss uses (so the IW bound and the
+    ELBO score the same latents), and the importance-weighted bound tightens with k."""
+    model = make_hier(make_model, prior)
+    x = images(1).repeat(4000, 1, 1, 1)
+    with torch.no_grad():
+        t = model._terms(model._prepare(x))
+    mc = (t["log_q_z"] - t["log_p_z"]).double()
+    assert abs(mc.mean() - t["kl"].double().mean()) < 4 * mc.std() / 4000 ** 0.5 + 1e-3
+    xs = images(8, seed=5)
+    elbo = torch.stack([model.log_prob(xs, k=1) for _ in range(8)]).mean()
+    iw = model.log_prob(xs, k=32).mean()
+    assert iw > elbo
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_resample_level_changes_only_its_group(make_model, images, prior):
+    model = make_hier(make_model, prior)
+    x = images(4)
+    model.initialize(x)
+    code, eps = model.encode(x)
+    z, levels = model.split_code(code)
+    for level in ["global", 0, 1]:
+        gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+        a = model.resample_level(x, level, generator=gen())
+        assert torch.equal(a, model.resample_level(x, level, generator=gen()))  # same draw, same image
+        assert not torch.equal(a, x)
+        assert not torch.equal(a, model.resample_level(x, level, generator=torch.Generator().manual_seed(12)))
+        # the expected code: this group from its prior (given the held parents), the rest held
+        noise = torch.randn(model.group_shape(level, 4), generator=gen())
+        if level == "global":
+            expect = torch.cat([noise, code[:, 4:]], 1)
+        else:
+            mp, lp = model.latents.level_prior(level, levels, z)
+            new = mp + lp.exp() * noise
+            expect = torch.cat([z] + [new.flatten(1) if j == level else t.flatten(1) for j, t in enumerate(levels)], 1)
+        assert torch.equal(a, model.decode(expect, eps))
+        # re-drawing with the noise that gives back the original code reproduces the image exactly
+        if level == "global":
+            back = z
+        else:
+            mp, lp = model.latents.level_prior(level, levels, z)
+            back = (levels[level] - mp) / lp.exp()
+        assert torch.equal(model.resample_level(x, level, noise=back), x)
+    with pytest.raises(ValueError, match="level must be 'global' or a level 0..1"):
+        model.resample_level(x, 2)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        model.resample_level(x, 0, noise=torch.zeros(4, 3))
+
+
+def test_resample_level_on_other_models(make_model, images):
+    x = images(2)
+    glob = make_model(z_path_std=0.1)
+    assert not torch.equal(glob.resample_level(x, "global"), x)
+    with pytest.raises(ValueError, match="level must be 'global' for this model"):
+        glob.resample_level(x, 0)
+    with pytest.raises(ValueError, match="flow-only"):
+        make_model("model.type=glow").resample_level(x, "global")
+
+
+def test_sample_draws_every_level(make_model):
+    model = make_hier(make_model, "topdown")
+    torch.manual_seed(0)
+    code = model.sample_code(5)
+    assert code.shape == (5, model.code_dim) and code[:, 4:].std() > 0.1
+    assert model.sample(5).shape == (5, *model.image_shape)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.injection=hierarchical", "model.type=glow"], "needs model.type=hybrid"),
+    (["model.injection=ladder"], "model.injection must be one of"),
+    (["model.injection=hierarchical", "model.hier_channels=0"], "hier_channels"),
+    (["model.hier_prior=flow"], "model.hier_prior must be one of"),
+])
+def test_bad_hierarchical_config(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
