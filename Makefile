@@ -2,12 +2,13 @@
 #   make quickstart   set up .venv, train the quickstart model on the shipped Fashion-MNIST sample,
 #                     evaluate it, write samples and a swap grid to runs/quickstart/
 #   make test         set up .venv and run the test suite (what .ci/run calls)
+#   make bench        the speed/memory benchmark against normflows' Glow (bench/benchmark.py)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/quickstart
 
-.PHONY: setup test test-fast quickstart clean
+.PHONY: setup test test-fast quickstart bench clean
 
 $(BIN)/.installed: pyproject.toml requirements/cpu.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +31,10 @@ quickstart: setup
 	$(BIN)/flowvae swap --checkpoint $(RUN) --n 8 --out $(RUN)/swap.png
 	$(BIN)/flowvae reconstruct --checkpoint $(RUN) --n 8 --out $(RUN)/reconstruct.png
 	@echo "quickstart done: see $(RUN)/ (samples.png, swap.png, reconstruct.png, eval_k16.json; tensorboard --logdir $(RUN)/tb)"
+
+# Speed and memory of flowvae's Glow, its hybrid and normflows' Glow of the same size (README, "Benchmark")
+bench: setup
+	$(BIN)/python bench/benchmark.py --out bench/results.json
 
 clean:
 	rm -rf $(VENV) runs

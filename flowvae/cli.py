@@ -2,6 +2,7 @@
 
     flowvae train --config configs/quickstart.yaml --out runs/quick [key=value ...] [--resume]
     flowvae evaluate --checkpoint runs/quick --k 128 [--out runs/quick/eval.json]
+    torchrun --standalone --nproc_per_node 2 -m flowvae evaluate --checkpoint runs/quick --k 128   # sharded
     flowvae sample --checkpoint runs/quick --n 64 --temperature 0.7 --out samples.png
     flowvae swap --checkpoint runs/quick --n 8 --out swap.png
     flowvae reconstruct --checkpoint runs/quick --n 8 --out reconstruct.png
@@ -182,12 +183,22 @@ def _dispatch(args) -> int:
         from .data import load_dataset
         from .engine.evaluate import evaluate, format_table, write_json
 
+        from .engine import distributed as D
+
         k = cfg.eval.k if args.k is None else args.k
         limit = cfg.eval.limit if args.limit is None else args.limit
         ds = load_dataset(cfg.data, cfg.model, args.split)
-        res = evaluate(model, ds, k=k, batch_size=cfg.eval.batch_size, limit=limit, seed=args.seed)
+        info = D.setup(args.device)  # under torchrun: sharded over the ranks, reduced; else one process
+        try:
+            res = evaluate(model.to(info.device), ds, k=k, batch_size=cfg.eval.batch_size, limit=limit,
+                           seed=args.seed, progress=info.is_main, dist_info=info)
+        finally:
+            D.teardown(info)
+        if not info.is_main:
+            return 0
         res["checkpoint"] = str(args.checkpoint)
         res["split"] = args.split
+        res["processes"] = info.world_size
         out = Path(args.out) if args.out else run_dir / f"eval_k{k}.json"
         write_json(res, out)
         print(format_table(res))

@@ -245,7 +245,8 @@ class FlowVAE(nn.Module):
         """Deterministic codes: z = posterior mean of the VAE code [N, code_dim] (None for a flow-only
         model; for the hierarchical variant [z, z_0, ..., z_{L-1}] flattened, see split_code), and the
         local code eps (float [N, C, H, W]) with u at the centre of each bin."""
-        t = self._terms(self._prepare(x), deterministic=True)
+        with torch.autocast(self.device.type, enabled=False):  # exact codes even under bf16/fp16 autocast
+            t = self._terms(self._prepare(x), deterministic=True)
         return t["z"], t["eps"]
 
     @torch.no_grad()
@@ -263,7 +264,8 @@ class FlowVAE(nn.Module):
             z, levels = self.split_code(z.to(self.device, torch.float32))
         else:
             z = None
-        y, _ = self.glow.inverse(eps, z, levels)
+        with torch.autocast(self.device.type, enabled=False):  # the exact inverse of encode's float32 pass
+            y, _ = self.glow.inverse(eps, z, levels)
         x_int = torch.floor((y + 0.5) * 2**self.n_bits).clamp(0, 2**self.n_bits - 1)
         return self._to_uint8(x_int)
 

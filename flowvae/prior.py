@@ -50,7 +50,8 @@ class FlowPrior(nn.Module):
         self.z_dim = z_dim
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return self.flow.log_prob(z.float())
+        with torch.autocast(z.device.type, enabled=False):  # priors stay float32 under autocast
+            return self.flow.log_prob(z.float())
 
     def sample(self, n: int, temperature: float = 1.0, noise: Optional[Tensor] = None) -> Tensor:
         base = self.flow.q0.loc  # fixed N(0, I) base; scaling its noise is the usual flow temperature

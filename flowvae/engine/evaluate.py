@@ -3,6 +3,12 @@
 Every reported number is a bound or an estimate of one and is named so:
 ``elbo_bpd`` is the single-sample negative ELBO, ``iw{K}_bpd`` the K-sample
 importance-weighted bound (<= elbo_bpd in expectation), both in bits/dim.
+
+Under torchrun (or any initialised process group) the evaluation is sharded: the images are cut
+into the same batches as in one process, rank r evaluates batches r, r + W, ..., and the per-batch
+sums and per-image statistics are reduced over ranks. With a ``seed`` the draws of (z, u) are keyed
+by (seed, batch index), so the result is bitwise the single-process one whatever the number of
+processes.
 """
 from __future__ import annotations
 
@@ -13,57 +19,99 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from ..data import iterate_batches
 from ..model import FlowVAE
 from ..objective import nats_to_bpd
+from . import distributed as D
 
 TERMS = ("elbo_bpd", "flow_bpd", "kl_bpd", "dequant_bpd", "kl_nats")
 
 
+def model_terms(model: FlowVAE) -> tuple[str, ...]:
+    """TERMS, plus the KL of each latent group (kl_global_nats, kl_level{l}_nats) for a hierarchical model."""
+    if not getattr(model, "hierarchical", False):
+        return TERMS
+    return TERMS + tuple(f"kl_{name}_nats" for name in model.latent_groups())
+
+
 @torch.no_grad()
 def evaluate(model: FlowVAE, dataset, k: int = 1, batch_size: int = 64, limit: int = 0, progress: bool = True,
-             seed: Optional[int] = 0) -> dict:
+             seed: Optional[int] = 0, dist_info: Optional[D.DistInfo] = None) -> dict:
     """Mean per-image bounds over the first ``limit`` images of ``dataset`` (all if 0). With ``seed`` the
-    draws of (z, u) are reproducible and the caller's random state is left untouched."""
+    draws of (z, u) are reproducible (keyed per batch) and the caller's random state is left untouched;
+    with ``seed=None`` they come from the caller's generator. Every rank of a process group must call
+    it (``dist_info`` defaults to the running group); every rank gets the reduced result."""
+    info = dist_info if dist_info is not None else D.current()
     if seed is None:
-        return _evaluate(model, dataset, k, batch_size, limit, progress)
+        return _evaluate(model, dataset, k, batch_size, limit, progress, None, info)
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return _evaluate(model, dataset, k, batch_size, limit, progress)
+        return _evaluate(model, dataset, k, batch_size, limit, progress, seed, info)
 
 
-def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, progress: bool) -> dict:
+def batch_seed(seed: int, batch: int) -> int:
+    return (seed * 1_000_003 + batch) % (2**63 - 1)
+
+
+def _batch_stats(model: FlowVAE, x: Tensor, k: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-batch sums (float64 scalars) and per-image rows (e.g. the posterior means) of one batch."""
+    out = model.loss(x)
+    sums = {t: out[t].double().sum() for t in model_terms(model)}
+    if k > 1:
+        sums[f"iw{k}_bpd"] = nats_to_bpd(model.log_prob(x, k=k), model.num_dims).double().sum()
+    rows = {"mu": out["z_mean"].float()} if model.hybrid else {}
+    return sums, rows
+
+
+def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, progress: bool, seed: Optional[int],
+              info: D.DistInfo) -> dict:
     if limit < 0 or k < 1:
         raise ValueError(f"evaluate needs limit >= 0 and k >= 1, got limit={limit}, k={k}")
     n = min(len(dataset), limit) if limit else len(dataset)
-    sums = {t: 0.0 for t in TERMS}
-    iw_sum, mus, count = 0.0, [], 0
+    dev = model.device
+    batches = list(torch.split(torch.arange(n), batch_size))
+    mine = list(D.shard_range(len(batches), info))
+    keys = list(model_terms(model)) + ([f"iw{k}_bpd"] if k > 1 else [])
+    batch_sums = torch.zeros(len(batches), len(keys), dtype=torch.float64, device=dev)
+    rows: dict[str, list[Tensor]] = {}
+    row_pos: list[int] = []
     start = time.time()
-    bar = tqdm(total=n, desc=f"evaluate (k={k})", unit="img", disable=not progress, leave=False)
-    for x, _ in iterate_batches(dataset, batch_size, indices=torch.arange(n)):
-        out = model.loss(x)
-        for t in TERMS:
-            sums[t] += out[t].double().sum().item()
-        if k > 1:
-            iw_sum += nats_to_bpd(model.log_prob(x, k=k), model.num_dims).double().sum().item()
-        if model.hybrid:
-            mus.append(out["z_mean"].cpu())
-        count += x.shape[0]
-        bar.update(x.shape[0])
-        bar.set_postfix(elbo_bpd=f"{sums['elbo_bpd'] / count:.4f}")
+    bar = tqdm(total=n, desc=f"evaluate (k={k})", unit="img", disable=not (progress and info.is_main), leave=False)
+    done = 0
+    mine_idx = torch.cat([batches[b] for b in mine]) if mine else torch.zeros(0, dtype=torch.long)
+    for b, (x, _) in zip(mine, iterate_batches(dataset, batch_size, indices=mine_idx)):
+        if seed is not None:
+            torch.manual_seed(batch_seed(seed, b))
+        sums, per_image = _batch_stats(model, x, k)
+        batch_sums[b] = torch.stack([sums[key] for key in keys]).to(dev)
+        for name, r in per_image.items():
+            rows.setdefault(name, []).append(r)
+        row_pos.extend(batches[b].tolist())
+        done += x.shape[0]
+        bar.update(x.shape[0] * info.world_size)
+        bar.set_postfix(elbo_bpd=f"{batch_sums[:, 0].sum().item() / max(done, 1):.4f}")
     bar.close()
-    res = {t: sums[t] / count for t in TERMS}
-    if k > 1:
-        res[f"iw{k}_bpd"] = iw_sum / count
+    batch_sums = D.gather_rows(batch_sums[mine], mine, len(batches), info) if info.enabled else batch_sums
+    totals = batch_sums.sum(0).tolist()  # summed in batch order: identical for any number of processes
+    res = {key: totals[i] / n for i, key in enumerate(keys)}
     if model.hybrid:
-        mu = torch.cat(mus)
+        if rows:
+            mu_local = torch.cat(rows["mu"])
+        else:  # this rank had no batch
+            mu_local = torch.zeros(0, getattr(model, "code_dim", model.cfg.z_dim), device=dev)
+        mu = D.gather_rows(mu_local, row_pos, n, info).cpu() if info.enabled else mu_local.cpu()
         var = mu.var(0) if mu.shape[0] > 1 else torch.zeros(mu.shape[1])
-        res["active_units"] = int((var > 0.01).sum())
-        res["z_dim"] = int(mu.shape[1])
-    res["images"] = count
+        groups = model.latent_groups()
+        res["active_units"] = int((var[groups["global"]] > 0.01).sum())  # of the global code z
+        res["z_dim"] = model.cfg.z_dim
+        for name, sl in groups.items():
+            if name != "global":  # hierarchical: each level latent z_l
+                res[f"active_units_{name}"] = int((var[sl] > 0.01).sum())
+                res[f"dims_{name}"] = sl.stop - sl.start
+    res["images"] = n
     res["k"] = k
     res["seconds"] = round(time.time() - start, 2)
     return res

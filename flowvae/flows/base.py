@@ -12,6 +12,7 @@ does not use it ignores it, which lets the multi-scale Glow pass the same
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -42,6 +43,14 @@ class FlowLayer(nn.Module):
 def logdet_dtype(x: Tensor) -> torch.dtype:
     """Log-dets are accumulated in float32 at least, even under bf16/fp16 autocast."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def full_precision(x: Tensor):
+    """A context that turns autocast off on ``x``'s device (a no-op when it is off): the layers whose
+    outputs feed log-determinants or the latents themselves (1x1 convs, priors) run in x's own dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def sum_per_sample(t: Tensor) -> Tensor:

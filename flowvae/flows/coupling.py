@@ -5,15 +5,70 @@ conditioning) predicts a shift and a log-scale for the second half ``xb``:
 ``yb = (xb + shift) * exp(log_s)``. The log-scale is soft-clamped,
 ``log_s = c * tanh(raw / c)``, so a zero-initialised last layer makes the
 coupling the identity and no step can blow up by more than ``exp(c)``.
+
+Under autocast (``train.precision`` bf16/fp16) only the network runs in reduced precision: its
+output is cast to float32 (float64 for float64 inputs) before the affine map, so ``yb`` and the
+log-determinant are computed, and summed, in float32.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Cond, FlowLayer, ZeroConv2d, sum_per_sample
+from .base import Cond, FlowLayer, ZeroConv2d, logdet_dtype, sum_per_sample
+
+
+class _HiddenLayers(torch.autograd.Function):
+    """``taps = relu(relu(cols @ W1^T + b1) @ W2^T + b2) @ W3^T`` on rows of pixels, with a hand-written
+    backward. ``b1`` is ``[hidden]`` or per image ``[N, hidden]`` (the projected global code).
+
+    Autograd would compute the same gradients, but its ReLU backward writes each masked gradient to
+    a new tensor; here the mask is applied in place to the gradient the matmul just produced, so the
+    two widest tensors of the Glow (pixels x hidden, per coupling) are written once less each. All
+    products run in ``dtype`` (the autocast dtype, or the input's); gradients are returned in the
+    dtypes the inputs came in (float32 weights get float32 gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, cols, w1, b1, w2, b2, w3, dtype):
+        n, hw, k = cols.shape
+        with torch.autocast(cols.device.type, enabled=False):
+            c = cols.to(dtype).reshape(n * hw, k)
+            w1c, w2c, w3c = w1.to(dtype), w2.to(dtype), w3.to(dtype)
+            if b1.dim() == 1:
+                h1 = torch.addmm(b1.to(dtype), c, w1c.t())
+            else:  # a bias per image: [N, 1, hidden] + [N, HW, K] @ [K, hidden]
+                h1 = torch.baddbmm(b1.to(dtype)[:, None, :], c.view(n, hw, k), w1c.t().expand(n, -1, -1)).view(n * hw, -1)
+            h1.relu_()
+            h2 = torch.addmm(b2.to(dtype), h1, w2c.t()).relu_()
+            taps = torch.mm(h2, w3c.t())
+        ctx.save_for_backward(c, h1, h2, w1c, w2c, w3c)
+        ctx.meta = (n, hw, b1.dim(), cols.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype, w3.dtype)
+        return taps.view(n, hw, -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        c, h1, h2, w1c, w2c, w3c = ctx.saved_tensors
+        n, hw, b1_dim, t_cols, t_w1, t_b1, t_w2, t_b2, t_w3 = ctx.meta
+        need = ctx.needs_input_grad
+        with torch.autocast(c.device.type, enabled=False):
+            g = g.reshape(n * hw, -1).to(w3c.dtype)
+            dw3 = torch.mm(g.t(), h2) if need[5] else None
+            dh = torch.mm(g, w3c)
+            torch.ops.aten.threshold_backward.grad_input(dh, h2, 0, grad_input=dh)  # ReLU, in place
+            db2 = dh.sum(0) if need[4] else None
+            dw2 = torch.mm(dh.t(), h1) if need[3] else None
+            dh = torch.mm(dh, w2c)
+            torch.ops.aten.threshold_backward.grad_input(dh, h1, 0, grad_input=dh)
+            db1 = (dh.sum(0) if b1_dim == 1 else dh.view(n, hw, -1).sum(1)) if need[2] else None
+            dw1 = torch.mm(dh.t(), c) if need[1] else None
+            dcols = torch.mm(dh, w1c).view(n, hw, -1) if need[0] else None
+        cast = lambda t, dt: None if t is None else t.to(dt)
+        return (cast(dcols, t_cols), cast(dw1, t_w1), cast(db1, t_b1), cast(dw2, t_w2), cast(db2, t_b2),
+                cast(dw3, t_w3), None)
 
 
 class CouplingNet(nn.Module):
@@ -22,6 +77,17 @@ class CouplingNet(nn.Module):
     A global code enters as a per-channel bias after the first convolution
     (a linear projection of z, as in Wolf); a spatial code is concatenated to
     the input.
+
+    The parameters are ordinary ``nn.Conv2d`` weights (checkpoints are unchanged), but the forward
+    pass computes the three convolutions as matrix products on a pixels-by-channels layout: the
+    first 3x3 convolution as ``unfold`` (im2col of the few input channels) then a matmul, the 1x1 as
+    a matmul, and the last 3x3 (hidden -> few channels) as a matmul to ``9 x out`` per-tap outputs
+    summed back onto the image by ``fold`` (col2im: the convolution written as a transposed
+    convolution with the flipped kernel). Same maths and zero padding as ``F.conv2d``. Why: on CPU,
+    mkldnn's convolution backward is slow for these shapes (2-8 channels in or out around a
+    128-wide hidden layer) and was most of a Glow's training step; as GEMMs the step is 1.35x
+    faster (bench/benchmark.py, ``flowvae_glow_conv2d`` is the old path). The hidden layers run in
+    one autograd Function whose backward masks the ReLU gradients in place (:class:`_HiddenLayers`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0):
@@ -38,14 +104,24 @@ class CouplingNet(nn.Module):
             if cond is None or cond.map is None:
                 raise ValueError("this coupling expects a spatial conditioning map (cond.map)")
             x = torch.cat([x, cond.map.to(x.dtype)], 1)
-        h = self.conv1(x)
+        n, _, height, width = x.shape
+        hidden = self.conv1.out_channels
+        # conv1 (3x3) as im2col of the (few) input channels + a matmul, conv2 (1x1) as a matmul, and the
+        # last conv (hidden -> Cout, 3x3) as a matmul to per-tap outputs; rows are pixels.
+        cols = F.unfold(x, 3, padding=1).transpose(1, 2)                        # [N, HW, Cin*9]
+        bias = self.conv1.bias
         if self.cond_proj is not None:
             if cond is None or cond.vec is None:
                 raise ValueError("this coupling expects a global code (cond.vec)")
-            h = h + self.cond_proj(cond.vec.to(h.dtype))[:, :, None, None]
-        h = self.act(h)
-        h = self.act(self.conv2(h))
-        return self.out(h)
+            bias = bias + self.cond_proj(cond.vec.to(x.dtype))                    # [N, hidden]: z as a channel bias
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        w_taps = self.out.weight.flip(2, 3).permute(0, 2, 3, 1).reshape(-1, hidden)  # [(Cout, kh, kw), hidden]
+        taps = _HiddenLayers.apply(cols, self.conv1.weight.reshape(hidden, -1), bias,
+                                   self.conv2.weight.reshape(hidden, hidden), self.conv2.bias, w_taps, dtype)
+        # fold (col2im) sums each tap's output into its neighbour pixel: with the kernel flipped, exactly
+        # the correlation conv2d computes, zero padding included.
+        y = F.fold(taps.transpose(1, 2), (height, width), 3, padding=1)         # [N, Cout, H, W]
+        return y + self.out.bias.to(y.dtype)[:, None, None]
 
 
 class AffineCoupling(FlowLayer):
@@ -57,10 +133,9 @@ class AffineCoupling(FlowLayer):
         self.clamp = clamp
 
     def _params(self, xa: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
-        h = self.net(xa, cond)
+        # Shift, scale and their log-det in float32 (float64 for float64 inputs) even if the network ran in bf16.
+        h = self.net(xa, cond).to(logdet_dtype(xa))
         shift, raw = h[:, 0::2], h[:, 1::2]
-        # Scales and their log-det in float32 even if the network ran in bf16.
-        raw = raw.to(torch.float64 if xa.dtype == torch.float64 else torch.float32)
         log_s = self.clamp * torch.tanh(raw / self.clamp)
         return shift, log_s
 

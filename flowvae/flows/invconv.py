@@ -10,10 +10,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Cond, FlowLayer, logdet_dtype
+from .base import Cond, FlowLayer, full_precision, logdet_dtype
+
+
+def _conv1x1(x: Tensor, w: Tensor) -> Tensor:
+    """The 1x1 convolution as one matmul over channels (for a few channels ~3x faster than conv2d's
+    kernels on CPU, forward + backward)."""
+    return torch.einsum("oc,nchw->nohw", w, x)
 
 
 class InvConv1x1(FlowLayer):
@@ -61,12 +66,16 @@ class InvConv1x1(FlowLayer):
         hw = x.shape[2] * x.shape[3]
         return (self.log_s.to(logdet_dtype(x)).sum() * hw).expand(x.shape[0])
 
+    # Both directions run outside autocast, in the input's dtype: the latents pass through every 1x1
+    # conv, and decode(encode(x)) == x needs them at full precision.
     def forward(self, x: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
-        w = self.weight(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        y = F.conv2d(x, w.to(x.dtype)[:, :, None, None])
+        with full_precision(x):
+            w = self.weight(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            y = _conv1x1(x, w.to(x.dtype))
         return y, self._logdet(x)
 
     def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
-        w_inv = self.inverse_weight().to(y.dtype)
-        x = F.conv2d(y, w_inv[:, :, None, None])
+        with full_precision(y):
+            w_inv = self.inverse_weight().to(y.dtype)
+            x = _conv1x1(y, w_inv)
         return x, -self._logdet(y)

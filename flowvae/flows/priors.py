@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import Cond, FlowLayer, ZeroConv2d, logdet_dtype, sum_per_sample
+from .base import Cond, FlowLayer, ZeroConv2d, full_precision, logdet_dtype, sum_per_sample
 
 
 def _as_float(t: Tensor, like: Tensor) -> Tensor:
@@ -48,6 +48,10 @@ class GaussianizeSplit(FlowLayer):
             nn.init.zeros_(self.cond_proj.bias)
 
     def _params(self, kept: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
+        with full_precision(kept):  # the prior's mean and scale stay float32 under autocast
+            return self._params_fp(kept, cond)
+
+    def _params_fp(self, kept: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
         _need(cond, self.cond_proj is not None, bool(self.cond_map_channels), "this split prior")
         inp = kept
         if self.cond_map_channels:
@@ -86,6 +90,10 @@ class GaussianizeTop(FlowLayer):
         self.map_conv = ZeroConv2d(cond_map_channels, 2 * c) if cond_map_channels else None
 
     def _params(self, x: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
+        with full_precision(x):  # the prior's mean and scale stay float32 under autocast
+            return self._params_fp(x, cond)
+
+    def _params_fp(self, x: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
         _need(cond, self.cond_proj is not None, self.map_conv is not None, "this top prior")
         h = self.learned.expand(x.shape[0], -1, -1, -1)
         if self.cond_proj is not None:
