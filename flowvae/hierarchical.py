@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .flows.base import ZeroConv2d
+from .flows.base import ZeroConv2d, full_precision
 from .objective import gaussian_kl, gaussian_log_prob
 
 LOG_SIGMA_RANGE = (-10.0, 5.0)
@@ -106,11 +106,12 @@ class HierarchicalLatents(nn.Module):
         if not self.topdown:
             zero = torch.zeros(n, *shape, device=device)
             return zero, zero
-        if lvl < self.levels - 1:
-            parent = nn.functional.interpolate(levels[lvl + 1].float(), size=shape[1:], mode="nearest")
-            mu, ls = self.td_nets[lvl](parent).float().chunk(2, dim=1)
-        else:
-            mu, ls = self.td_top(z.float()).view(n, 2 * shape[0], *shape[1:]).chunk(2, dim=1)
+        with full_precision(z if z is not None else levels[lvl]):  # priors stay float32 under autocast
+            if lvl < self.levels - 1:
+                parent = nn.functional.interpolate(levels[lvl + 1].float(), size=shape[1:], mode="nearest")
+                mu, ls = self.td_nets[lvl](parent).float().chunk(2, dim=1)
+            else:
+                mu, ls = self.td_top(z.float()).float().view(n, 2 * shape[0], *shape[1:]).chunk(2, dim=1)
         return mu, ls.clamp(*LOG_SIGMA_RANGE)
 
     def kl_and_log_p(self, mu_q: Tensor, ls_q: Tensor, sample: Tensor, z: Optional[Tensor]) -> tuple[Tensor, Tensor]:

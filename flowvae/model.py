@@ -272,7 +272,8 @@ class FlowVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, z_temperature: float = 1.0) -> Tensor:
         """n uint8 samples: z ~ p(z) at z_temperature, eps ~ N(0, temperature^2 I)."""
-        z = self.sample_code(n, z_temperature) if self.hybrid else None
+        with torch.autocast(self.device.type, enabled=False):  # z from the prior in float32, like decode
+            z = self.sample_code(n, z_temperature) if self.hybrid else None
         eps = temperature * torch.randn(n, *self.image_shape, device=self.device)
         return self.decode(z, eps)
 

@@ -116,3 +116,26 @@ def test_bad_precision_and_accumulation_are_rejected():
         load_config(TINY, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="divisible by train.grad_accum"):
         load_config(TINY, ["train.grad_accum=5"])
+
+
+def test_evaluation_and_level_priors_stay_float32_inside_autocast(make_model, images):
+    """A user's autocast block does not change reported bounds, and the hierarchical top-down priors
+    keep float32 parameters under autocast (like the Glow's split / top priors)."""
+    from conftest import randomize_
+    from flowvae.data.datasets import TensorImages
+    from flowvae.engine.evaluate import evaluate
+
+    model = make_model("model.injection=hierarchical", "model.hier_prior=topdown", z_path_std=0.1)
+    randomize_(model.latents, 0.2, seed=1)
+    ds = TensorImages(images(32), torch.zeros(32, dtype=torch.long), "random")
+    plain = evaluate(model, ds, k=2, batch_size=16, progress=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = evaluate(model, ds, k=2, batch_size=16, progress=False)
+        z = torch.randn(4, model.cfg.z_dim)
+        levels = model.latents.sample(z)
+        mu, ls = model.latents.level_prior(1, levels, z)
+        mu0, ls0 = model.latents.level_prior(0, levels, z)
+    assert inside["elbo_bpd"] == plain["elbo_bpd"] and inside["iw2_bpd"] == plain["iw2_bpd"]
+    assert {mu.dtype, ls.dtype, mu0.dtype, ls0.dtype} == {torch.float32}
+    ref_mu, _ = model.latents.level_prior(1, levels, z)
+    assert torch.equal(mu, ref_mu)  # computed in float32, not rounded through bf16

@@ -45,11 +45,12 @@ def evaluate(model: FlowVAE, dataset, k: int = 1, batch_size: int = 64, limit: i
     with ``seed=None`` they come from the caller's generator. Every rank of a process group must call
     it (``dist_info`` defaults to the running group); every rank gets the reduced result."""
     info = dist_info if dist_info is not None else D.current()
-    if seed is None:
-        return _evaluate(model, dataset, k, batch_size, limit, progress, None, info)
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        return _evaluate(model, dataset, k, batch_size, limit, progress, seed, info)
+    with torch.autocast(model.device.type, enabled=False):  # reported bounds are float32, even inside autocast
+        if seed is None:
+            return _evaluate(model, dataset, k, batch_size, limit, progress, None, info)
+        devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return _evaluate(model, dataset, k, batch_size, limit, progress, seed, info)
 
 
 def batch_seed(seed: int, batch: int) -> int:
