@@ -212,28 +212,25 @@ class Bench:
         self.sync()
         return n * self.a.batch / (time.perf_counter() - t0)
 
+    def _timed(self, items, fn) -> float:
+        """Images per second of ``fn(item)`` over ``items`` (one batch each), under this run's autocast."""
+        self.sync()
+        t0 = time.perf_counter()
+        for item in items:
+            with self.autocast:
+                fn(item)
+        self.sync()
+        return len(items) * self.a.batch / (time.perf_counter() - t0)
+
     @torch.no_grad()
     def sample(self, n: int) -> float:
         self.m.eval()
-        self.sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            with self.autocast:
-                self.m.sample(self.a.batch)
-        self.sync()
-        return n * self.a.batch / (time.perf_counter() - t0)
+        return self._timed(range(n), lambda _: self.m.sample(self.a.batch))
 
     @torch.no_grad()
     def evaluate(self, n: int) -> float:
         self.m.eval()
-        xs = [self.batch() for _ in range(n)]
-        self.sync()
-        t0 = time.perf_counter()
-        for x in xs:
-            with self.autocast:
-                self.m.bpd(x)
-        self.sync()
-        return n * self.a.batch / (time.perf_counter() - t0)
+        return self._timed([self.batch() for _ in range(n)], self.m.bpd)
 
 
 def _status_kib(field: str) -> int:

@@ -287,8 +287,14 @@ class FlowVAE(nn.Module):
         if not self.hybrid:
             raise ValueError("resample_level needs latent codes: this is a flow-only (model.type=glow) model")
         code, eps = self.encode(x)
+        return self.decode(self.resample_code(code, level, temperature, noise, generator), eps)
+
+    @torch.no_grad()
+    def resample_code(self, code: Tensor, level: Union[int, str], temperature: float = 1.0,
+                      noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """``resample_level`` on codes (from ``encode``): the code with one group re-drawn, the rest held."""
         n = code.shape[0]
-        z, levels = self.split_code(code)
+        z, levels = self.split_code(code.to(self.device, torch.float32))
         shape = self.group_shape(level, n)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device)
@@ -301,8 +307,7 @@ class FlowVAE(nn.Module):
             lvl = int(level)
             fixed = [None if i == lvl else t for i, t in enumerate(levels)]
             levels = self.latents.sample(z, temperature, fixed=fixed, noise=[noise if i == lvl else None for i in range(len(levels))])
-        new = torch.cat([z] + ([self.latents.join(levels)] if levels is not None else []), 1)
-        return self.decode(new, eps)
+        return torch.cat([z] + ([self.latents.join(levels)] if levels is not None else []), 1)
 
     @torch.no_grad()
     def swap(self, x_local: Tensor, x_global: Tensor) -> Tensor:

@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--no-analyze", action="store_true", help="skip flowvae analyze")
     ap.add_argument("--skip-train", action="store_true", help="only evaluate existing runs in --out")
     ap.add_argument("--table-only", action="store_true", help="only rebuild results.md / results.json from --out")
+    ap.add_argument("--curve-windows", default="500-800,800-1100",
+                    help="step windows over which the training-batch elbo_bpd (TensorBoard) is averaged per model")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every model")
     a = ap.parse_args()
     models = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -87,11 +89,30 @@ def main():
         if not a.no_analyze:
             run(fl + ["analyze", "--checkpoint", ck, "--classifier", str(out / "classifier.pt"), "--no-progress",
                       "--out", str(out / m / "analysis.json")])
-    write_tables(out, models, a.k, analyzed=not a.no_analyze)
+    windows = [tuple(int(v) for v in w.split("-")) for w in a.curve_windows.split(",") if w]
+    write_tables(out, models, a.k, analyzed=not a.no_analyze, windows=windows)
 
 
-def write_tables(out: Path, models: list, k: int, analyzed: bool) -> None:
-    """results.json and results.md from each run's train_metrics / eval / analysis JSON."""
+def train_curve_means(run: Path, windows: list) -> dict:
+    """Mean training-batch elbo_bpd (logged every train.log_every steps) over each step window, from the
+    run's TensorBoard log: the models compared per step rather than per minute."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    if "train/elbo_bpd" not in acc.Tags()["scalars"]:
+        return {}
+    points = [(e.step, e.value) for e in acc.Scalars("train/elbo_bpd")]
+    means = {}
+    for lo, hi in windows:
+        vals = [v for s, v in points if lo <= s <= hi]
+        if vals:
+            means[f"{lo}-{hi}"] = sum(vals) / len(vals)
+    return means
+
+
+def write_tables(out: Path, models: list, k: int, analyzed: bool, windows: list = ()) -> None:
+    """results.json and results.md from each run's train_metrics / eval / analysis JSON (and TensorBoard)."""
     rows = {}
     for m in models:
         full = json.loads((out / m / "eval_full.json").read_text())
@@ -103,6 +124,8 @@ def write_tables(out: Path, models: list, k: int, analyzed: bool) -> None:
                "test_images": full["images"], "iw_images": iw["images"]}
         if analyzed:
             row["analysis"] = json.loads((out / m / "analysis.json").read_text())
+        if windows and (out / m / "tb").is_dir():
+            row["train_elbo_bpd_by_steps"] = train_curve_means(out / m, windows)
         rows[m] = row
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     first = rows[models[0]]
@@ -142,6 +165,12 @@ def write_tables(out: Path, models: list, k: int, analyzed: bool) -> None:
                 lines.append(f"{m}: swapping the global z alone (z_l kept from the local image): labelled as the "
                              f"global image's class {an['swap_z_only_to_global_class']:.3f}, as the local image's "
                              f"{an['swap_z_only_to_local_class']:.3f}; probe from the whole code {an['probe_acc_code']:.3f}.")
+    curves = {m: rows[m].get("train_elbo_bpd_by_steps") for m in models if rows[m].get("train_elbo_bpd_by_steps")}
+    if curves:
+        spans = list(next(iter(curves.values())))
+        lines += ["", "Training-batch elbo_bpd (no EMA) averaged over step windows, per model: "
+                  + "; ".join(f"{m} " + ", ".join(f"steps {w}: {c[w]:.3f}" for w in spans if w in c)
+                              for m, c in curves.items()) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

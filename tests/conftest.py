@@ -35,6 +35,23 @@ def is_z_path(name: str) -> bool:
     return ".out." in name or name.startswith("priors.")
 
 
+def poisoned_loss(at: set):
+    """A FlowVAE.loss that returns a NaN loss on the training calls numbered in ``at`` (1-based, counted
+    in this process), for tests of the non-finite-step skipping."""
+    real = FlowVAE.loss
+    calls = {"n": 0}
+
+    def loss(self, x):
+        out = real(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in at:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    return loss
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

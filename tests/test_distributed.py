@@ -24,6 +24,8 @@ import torch
 from flowvae import FlowVAE, load_checkpoint, load_config
 from flowvae.engine import distributed as D
 
+from conftest import poisoned_loss
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -46,22 +48,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _poison(world_calls: int):
-    """Patch FlowVAE.loss so that the ``world_calls``-th training call of this process returns NaN."""
-    real = FlowVAE.loss
-    calls = {"n": 0}
-
-    def loss(self, x):
-        out = real(self, x)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == world_calls:
-                out["loss"] = out["loss"] * float("nan")
-        return out
-
-    FlowVAE.loss = loss
-
-
 def _worker(rank: int, world: int, port: int, out: str, result_dir: str) -> None:
     """One rank: gloo group, the real train(), then dump this rank's live parameters and a sharded evaluation."""
     import torch.distributed as dist
@@ -81,7 +67,7 @@ def _worker(rank: int, world: int, port: int, out: str, result_dir: str) -> None
 
     T.EMA.update = update
     if rank == 1:
-        _poison(POISONED_STEP)  # one micro-batch per step per rank: rank 1's 3rd call is step 3
+        FlowVAE.loss = poisoned_loss({POISONED_STEP})  # one micro-batch per step per rank: rank 1's 3rd call is step 3
     cfg = load_config(TINY, COMMON)
     res = T.train(cfg, out, device="cpu", progress=False)
     state = {k: v.detach().clone() for k, v in live["model"].state_dict().items()}
@@ -113,7 +99,7 @@ def runs(tmp_path_factory):
 
     before = FlowVAE.loss
     try:
-        _poison(2 * (POISONED_STEP - 1) + 2)  # one process, 2 micro-batches per step: step 3's second one
+        FlowVAE.loss = poisoned_loss({2 * (POISONED_STEP - 1) + 2})  # one process, 2 micro-batches per step: step 3's second one
         single = train(load_config(TINY, COMMON + ["train.grad_accum=2"]), base / "single", device="cpu", progress=False)
     finally:
         FlowVAE.loss = before

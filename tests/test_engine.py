@@ -7,23 +7,14 @@ import torch
 from flowvae import FlowVAE, load_checkpoint, load_config
 from flowvae.engine.train import EMA, build_optimizer, train
 
+from conftest import poisoned_loss
+
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 FAST = ["train.eval_every=0", "train.checkpoint_every=0", "train.eval_images=32", "train.max_steps=8"]
 
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
-    real_loss = FlowVAE.loss
-    calls = {"n": 0}
-
-    def poisoned(self, x):
-        out = real_loss(self, x)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in (3, 5):
-                out["loss"] = out["loss"] * float("nan")
-        return out
-
-    monkeypatch.setattr(FlowVAE, "loss", poisoned)
+    monkeypatch.setattr(FlowVAE, "loss", poisoned_loss({3, 5}))
     res = train(load_config(TINY, FAST), tmp_path / "run", device="cpu", progress=False)
     assert res["skipped_steps"] == 2 and res["step"] == 8
     model, _, state = load_checkpoint(tmp_path / "run", ema=False)

@@ -54,12 +54,13 @@ def resample_level_grid(model: FlowVAE, x: Tensor, level, m: int = 7, temperatur
     Column j uses the same draw for every row (a seeded generator)."""
     x = x.to(model.device)
     n = x.shape[0]
+    shape = model.group_shape(level)[1:]
     gen = torch.Generator(device=model.device).manual_seed(seed)
+    code, eps = model.encode(x)  # once: each column only re-draws one group and decodes
     cols = []
     for _ in range(m):
-        shape = model.group_shape(level)
-        draw = torch.randn(shape[1:], generator=gen, device=model.device).expand(n, *shape[1:])
-        cols.append(model.resample_level(x, level, temperature, noise=draw))
+        draw = torch.randn(shape, generator=gen, device=model.device).expand(n, *shape)
+        cols.append(model.decode(model.resample_code(code, level, temperature, noise=draw), eps))
     grid_rows = [torch.cat([x[i : i + 1]] + [c[i : i + 1] for c in cols]) for i in range(n)]
     return torch.cat(grid_rows), m + 1
 
