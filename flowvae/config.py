@@ -27,9 +27,12 @@ class ModelConfig:
     n_bits: int = 8
     levels: int = 2                 # Glow levels L (H and W must be divisible by 2**L)
     steps: int = 8                  # flow steps K per level
+    level_steps: list = field(default_factory=list)       # steps per level, finest first ([] = `steps` everywhere)
+    coupling_kernels: list = field(default_factory=list)  # coupling kernel (1 or 3) per level, finest first ([] = 3)
     hidden: int = 128               # coupling network width
     coupling_clamp: float = 2.0     # |log scale| bound of each coupling
     z_dim: int = 64                 # global code size
+    z_maps: int = 0                 # channels of a spatial map decoded from z for every level (0 = z as a channel bias only)
     injection: str = "global"       # global (z only) | hierarchical (z plus a spatial z_l per Glow level)
     hier_channels: int = 2          # hierarchical: channels of each level's latent z_l [C, H/2^(l+1), W/2^(l+1)]
     hier_prior: str = "normal"      # hierarchical: p(z_l) = N(0, I) (normal) | top-down p(z_l | z_{l+1}) (topdown)
@@ -44,6 +47,7 @@ class ModelConfig:
     dequant_hidden: int = 32
     kl_beta: float = 1.0            # weight on the KL in the *training* loss only; reported bounds use 1
     free_bits: float = 0.0          # nats per z dim below which the KL is not penalised (training loss only)
+    level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical; training loss only)
 
 
 @dataclass
@@ -79,6 +83,7 @@ class TrainConfig:
     threads: int = 0                # torch CPU threads (0 = torch's default)
     precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast; log-dets, priors, KL and loss stay float32)
     grad_accum: int = 1             # micro-batches per step per process; batch_size stays the global batch
+    kl_warmup_steps: int = 0        # the training loss's KL weight ramps linearly from 0 to model.kl_beta over these steps
 
 
 @dataclass
@@ -125,6 +130,12 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if isinstance(default, list) and not default:  # a per-level list of ints, any length (checked in validate)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: expected a list of ints (one per level), got {value!r}")
     if isinstance(default, list):
         if isinstance(value, int) and not isinstance(value, bool):
             return [value, value]
@@ -225,6 +236,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.injection=hierarchical needs model.type=hybrid (a flow-only Glow has no encoder)")
     if m.injection == "hierarchical" and (m.hier_channels < 1 or m.hier_hidden < 1):
         raise ConfigError(f"model.hier_channels and model.hier_hidden must be >= 1, got {m.hier_channels}, {m.hier_hidden}")
+    for name, vals, ok in (("model.level_steps", m.level_steps, lambda v: v >= 1),
+                           ("model.coupling_kernels", m.coupling_kernels, lambda v: v in (1, 3))):
+        if vals and len(vals) != m.levels:
+            raise ConfigError(f"{name} needs one entry per level (model.levels={m.levels}), got {vals}")
+        if not all(ok(v) for v in vals):
+            raise ConfigError(f"{name} entries must be {'>= 1' if 'steps' in name else '1 or 3'}, got {vals}")
+    if m.z_maps < 0 or (m.z_maps and m.type != "hybrid"):
+        raise ConfigError(f"model.z_maps must be >= 0, and needs model.type=hybrid, got {m.z_maps}")
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
     t, e, d = cfg.train, cfg.eval, cfg.data
@@ -240,7 +259,8 @@ def validate(cfg: Config) -> None:
                     "train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
                     "train.threads": t.threads, "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
-                    "model.free_bits": m.free_bits, "model.kl_beta": m.kl_beta}
+                    "model.free_bits": m.free_bits, "model.kl_beta": m.kl_beta,
+                    "model.level_free_bits": m.level_free_bits, "train.kl_warmup_steps": t.kl_warmup_steps}
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")

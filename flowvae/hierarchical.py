@@ -114,15 +114,16 @@ class HierarchicalLatents(nn.Module):
                 mu, ls = self.td_top(z.float()).float().view(n, 2 * shape[0], *shape[1:]).chunk(2, dim=1)
         return mu, ls.clamp(*LOG_SIGMA_RANGE)
 
-    def kl_and_log_p(self, mu_q: Tensor, ls_q: Tensor, sample: Tensor, z: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-level KL [N, L] (analytic given the drawn parents) and log p(sample) [N] in nats."""
+    def kl_and_log_p(self, mu_q: Tensor, ls_q: Tensor, sample: Tensor, z: Optional[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Per-level KL [N, L] (analytic given the drawn parents), log p(sample) [N] in nats, and each
+        level's KL per dimension ([N, C_l*H_l*W_l], for free bits)."""
         mq, lq, s = self.split(mu_q), self.split(ls_q), self.split(sample)
-        kls, log_p = [], 0.0
+        kl_dims, log_p = [], 0.0
         for lvl, (m, l, x) in enumerate(zip(mq, lq, s)):
             mp, lp = self.level_prior(lvl, s, z)
-            kls.append(gaussian_kl(m, l, mp, lp).flatten(1).sum(1))
+            kl_dims.append(gaussian_kl(m, l, mp, lp).flatten(1))
             log_p = log_p + gaussian_log_prob(x.flatten(1), mp.flatten(1), lp.flatten(1))
-        return torch.stack(kls, 1), log_p
+        return torch.stack([k.sum(1) for k in kl_dims], 1), log_p, kl_dims
 
     def sample(self, z: Tensor, temperature: float = 1.0, fixed: Optional[Sequence[Optional[Tensor]]] = None,
                noise: Optional[Sequence[Optional[Tensor]]] = None, generator: Optional[torch.Generator] = None) -> list[Tensor]:

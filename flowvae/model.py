@@ -35,8 +35,10 @@ class FlowVAE(nn.Module):
         self.hierarchical = self.hybrid and cfg.injection == "hierarchical"
         z_dim = cfg.z_dim if self.hybrid else 0
         maps = [cfg.hier_channels] * cfg.levels if self.hierarchical else None
-        self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.steps, cfg.hidden, cond_dim=z_dim,
-                                    cond_map_channels=maps, clamp=cfg.coupling_clamp)
+        self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.level_steps or cfg.steps, cfg.hidden, cond_dim=z_dim,
+                                    cond_map_channels=maps, clamp=cfg.coupling_clamp,
+                                    zmap_channels=cfg.z_maps if self.hybrid else 0,
+                                    kernels=cfg.coupling_kernels or 3)
         self.latents = None  # the per-level latents z_l of the hierarchical variant
         if self.hybrid:
             self.encoder = Encoder(c, (h, w), z_dim, cfg.encoder_width, cfg.encoder_blocks, levels=cfg.levels)
@@ -161,9 +163,10 @@ class FlowVAE(nn.Module):
                 out["kl_global"] = gaussian_log_prob(z, mu[:, :d], log_sigma[:, :d]) - log_p_z
             out["kl"] = out["kl_global"]
             if self.latents is not None:
-                kl_levels, log_p_levels = self.latents.kl_and_log_p(mu[:, d:], log_sigma[:, d:], code[:, d:], z)
+                kl_levels, log_p_levels, kl_level_dims = self.latents.kl_and_log_p(mu[:, d:], log_sigma[:, d:], code[:, d:], z)
                 log_p_z = log_p_z + log_p_levels
                 out["kl_levels"] = kl_levels  # [N, L] nats, finest level first
+                out["kl_level_dims"] = kl_level_dims
                 out["kl"] = out["kl"] + kl_levels.sum(1)
             out.update(log_q_z=log_q_z, log_p_z=log_p_z, mu=mu)
         else:
@@ -172,15 +175,19 @@ class FlowVAE(nn.Module):
         out["z"] = code
         return out
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, kl_weight: float = 1.0) -> dict[str, Tensor]:
         """Training objective. Returns 'loss' (scalar: mean negative ELBO in bits/dim, with
-        kl_beta / free_bits applied if configured) and per-image 'elbo_bpd', 'flow_bpd', 'kl_bpd',
-        'dequant_bpd', 'kl_nats' (and 'z_mean', the posterior mean, for a hybrid)."""
+        kl_beta / free_bits / level_free_bits and the warm-up factor ``kl_weight`` applied to the KL)
+        and per-image 'elbo_bpd', 'flow_bpd', 'kl_bpd', 'dequant_bpd', 'kl_nats' (and 'z_mean', the
+        posterior mean, for a hybrid). The per-image terms are always the true bound."""
         x_int = self._prepare(x)
         t = self._terms(x_int)
         out = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl"], self.num_dims, self.n_bits)
         train_kl = t["kl"]
-        if self.hybrid and (self.cfg.free_bits > 0 or self.cfg.kl_beta != 1.0):
+        if self.hybrid and self.cfg.level_free_bits > 0 and "kl_level_dims" in t:
+            floored = sum(free_bits_kl(k, self.cfg.level_free_bits) for k in t["kl_level_dims"])
+            train_kl = train_kl - t["kl_levels"].sum(1) + floored
+        if self.hybrid and (self.cfg.free_bits > 0 or self.cfg.kl_beta != 1.0 or kl_weight != 1.0):
             if self.cfg.free_bits > 0:  # on the global code; the level latents' KL is left as it is
                 if "kl_per_dim" in t:
                     train_kl_global = free_bits_kl(t["kl_per_dim"], self.cfg.free_bits)
@@ -190,7 +197,7 @@ class FlowVAE(nn.Module):
                     if train_kl_global.mean() < floor:
                         train_kl_global = torch.full_like(train_kl_global, floor)
                 train_kl = train_kl - t["kl_global"] + train_kl_global
-            train_kl = self.cfg.kl_beta * train_kl
+            train_kl = self.cfg.kl_beta * kl_weight * train_kl
         train_bpd = out["flow_bpd"] + out["dequant_bpd"] + train_kl / (self.num_dims * LN2)
         out["loss"] = train_bpd.mean()
         if self.hybrid:

@@ -24,6 +24,12 @@ VARIANTS = {
     "glow": ["model.type=glow"],
     "global": ["model.type=hybrid", "model.injection=global"],
     "hierarchical": ["model.type=hybrid", "model.injection=hierarchical"],
+    # The decoupling levers, one change at a time from the global hybrid:
+    "zmap": ["model.type=hybrid", "model.z_maps=16"],                                     # z decoded to a map per level
+    "zmap_k31": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[3,1]"],  # + 1x1 couplings at the coarse level
+    "zmap_k11": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[1,1]"],  # + 1x1 couplings everywhere
+    "hier_zmap_fb": ["model.type=hybrid", "model.injection=hierarchical", "model.z_maps=16",
+                     "model.level_free_bits=0.05"],                                       # hierarchical with the same z maps
 }
 # Earlier results directories name the global-injection hybrid "hybrid".
 ALIASES = {"hybrid": "global"}

@@ -116,7 +116,7 @@ def test_topdown_kl_matches_torch_distributions(make_model, images):
         mu, ls = model._posterior(model._prepare(x))
         code = mu + ls.exp() * torch.randn_like(mu)
         z, levels = model.split_code(code)
-        kl_levels, log_p = model.latents.kl_and_log_p(mu[:, 4:], ls[:, 4:], code[:, 4:], z)
+        kl_levels, log_p, _ = model.latents.kl_and_log_p(mu[:, 4:], ls[:, 4:], code[:, 4:], z)
         mq, lq = model.latents.split(mu[:, 4:]), model.latents.split(ls[:, 4:])
         ref_kl, ref_lp = [], 0
         for lvl in range(2):

@@ -153,8 +153,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> dict:
-        return self.model.loss(x)
+    def forward(self, x: torch.Tensor, kl_weight: float = 1.0) -> dict:
+        return self.model.loss(x, kl_weight)
 
 
 def _log_images(writer, model: FlowVAE, test_x: torch.Tensor, step: int) -> None:
@@ -303,6 +303,8 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                     tic = time.perf_counter()
                     opt.zero_grad(set_to_none=True)
                     chunks = x.split(micro)
+                    # KL warm-up (Sonderby et al. 2016, Ladder VAE): the training loss's KL weight ramps 0 -> 1.
+                    kl_weight = min(1.0, (step + 1) / t.kl_warmup_steps) if t.kl_warmup_steps else 1.0
                     local_finite, sums, loss_sum = True, {key: 0.0 for key in logged}, 0.0
                     logging = step + 1 == 1 or (step + 1) % t.log_every == 0
                     for i, xm in enumerate(chunks):
@@ -310,7 +312,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                         sync = ddp is None or i == len(chunks) - 1
                         with (contextlib.nullcontext() if sync else ddp.no_sync()):
                             with amp:
-                                out_d = run_loss(xm.to(dev, non_blocking=True))
+                                out_d = run_loss(xm.to(dev, non_blocking=True), kl_weight)
                             loss = out_d["loss"] / len(chunks)
                             finite = bool(torch.isfinite(loss))
                             local_finite &= finite

@@ -24,10 +24,12 @@ class Cond(NamedTuple):
 
     vec: ``[N, Dv]`` global code (the VAE's z), or None.
     map: ``[N, Cm, H, W]`` spatial code at the layer's resolution, or None.
+    zmap: ``[N, Cz, H, W]`` a spatial map decoded from ``vec`` at the layer's resolution, or None.
     """
 
     vec: Optional[Tensor] = None
     map: Optional[Tensor] = None
+    zmap: Optional[Tensor] = None
 
 
 class FlowLayer(nn.Module):
@@ -59,7 +61,7 @@ def sum_per_sample(t: Tensor) -> Tensor:
 
 
 class ZeroConv2d(nn.Conv2d):
-    """3x3 convolution initialised to output zeros, so a new flow starts near the identity."""
+    """Convolution (3x3 by default) initialised to output zeros, so a new flow starts near the identity."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)

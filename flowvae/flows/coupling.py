@@ -23,7 +23,8 @@ from .base import Cond, FlowLayer, ZeroConv2d, logdet_dtype, sum_per_sample
 
 class _HiddenLayers(torch.autograd.Function):
     """``taps = relu(relu(cols @ W1^T + b1) @ W2^T + b2) @ W3^T`` on rows of pixels, with a hand-written
-    backward. ``b1`` is ``[hidden]`` or per image ``[N, hidden]`` (the projected global code).
+    backward. ``b1`` is ``[hidden]``, per image ``[N, hidden]`` (the projected global code) or per pixel
+    ``[N, HW, hidden]`` (plus the projected spatial map decoded from z).
 
     Autograd would compute the same gradients, but its ReLU backward writes each masked gradient to
     a new tensor; here the mask is applied in place to the gradient the matmul just produced, so the
@@ -40,8 +41,9 @@ class _HiddenLayers(torch.autograd.Function):
             w1c, w2c, w3c = w1.to(dtype), w2.to(dtype), w3.to(dtype)
             if b1.dim() == 1:
                 h1 = torch.addmm(b1.to(dtype), c, w1c.t())
-            else:  # a bias per image: [N, 1, hidden] + [N, HW, K] @ [K, hidden]
-                h1 = torch.baddbmm(b1.to(dtype)[:, None, :], c.view(n, hw, k), w1c.t().expand(n, -1, -1)).view(n * hw, -1)
+            else:  # a bias per image [N, 1, hidden] or per pixel [N, HW, hidden], + [N, HW, K] @ [K, hidden]
+                b = b1.to(dtype) if b1.dim() == 3 else b1.to(dtype)[:, None, :]
+                h1 = torch.baddbmm(b, c.view(n, hw, k), w1c.t().expand(n, -1, -1)).view(n * hw, -1)
             h1.relu_()
             h2 = torch.addmm(b2.to(dtype), h1, w2c.t()).relu_()
             taps = torch.mm(h2, w3c.t())
@@ -63,7 +65,10 @@ class _HiddenLayers(torch.autograd.Function):
             dw2 = torch.mm(dh.t(), h1) if need[3] else None
             dh = torch.mm(dh, w2c)
             torch.ops.aten.threshold_backward.grad_input(dh, h1, 0, grad_input=dh)
-            db1 = (dh.sum(0) if b1_dim == 1 else dh.view(n, hw, -1).sum(1)) if need[2] else None
+            if need[2]:
+                db1 = dh.sum(0) if b1_dim == 1 else dh.view(n, hw, -1) if b1_dim == 3 else dh.view(n, hw, -1).sum(1)
+            else:
+                db1 = None
             dw1 = torch.mm(dh.t(), c) if need[1] else None
             dcols = torch.mm(dh, w1c).view(n, hw, -1) if need[0] else None
         cast = lambda t, dt: None if t is None else t.to(dt)
@@ -72,11 +77,17 @@ class _HiddenLayers(torch.autograd.Function):
 
 
 class CouplingNet(nn.Module):
-    """conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-init conv3x3.
+    """conv kxk -> ReLU -> conv1x1 -> ReLU -> zero-init conv kxk (k = ``kernel``, 3 by default).
 
     A global code enters as a per-channel bias after the first convolution
     (a linear projection of z, as in Wolf); a spatial code is concatenated to
-    the input.
+    the input; a spatial map decoded from z (``cond.zmap``) enters as a per-pixel bias
+    after the first convolution (a 1x1 projection: z's spatial layout at a ninth of the cost of
+    concatenating it to a 3x3 input).
+
+    ``kernel=1`` limits what the coupling sees to its own pixel (a squeezed 2^l x 2^l block): with
+    it the flow cannot model the image's global layout by itself, which then has to come from z
+    (the Variational Lossy Autoencoder argument, Chen et al. 2017).
 
     The parameters are ordinary ``nn.Conv2d`` weights (checkpoints are unchanged), but the forward
     pass computes the three convolutions as matrix products on a pixels-by-channels layout: the
@@ -90,12 +101,17 @@ class CouplingNet(nn.Module):
     one autograd Function whose backward masks the ReLU gradients in place (:class:`_HiddenLayers`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0):
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0,
+                 zmap_channels: int = 0, kernel: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels + cond_map_channels, hidden, 3, padding=1)
+        if kernel not in (1, 3):
+            raise ValueError(f"coupling kernel must be 1 or 3, got {kernel}")
+        self.kernel = kernel
+        self.conv1 = nn.Conv2d(in_channels + cond_map_channels, hidden, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv2d(hidden, hidden, 1)
-        self.out = ZeroConv2d(hidden, out_channels)
+        self.out = ZeroConv2d(hidden, out_channels, kernel)
         self.cond_proj = nn.Linear(cond_dim, hidden) if cond_dim > 0 else None
+        self.zmap_proj = nn.Conv2d(zmap_channels, hidden, 1, bias=False) if zmap_channels > 0 else None
         self.cond_map_channels = cond_map_channels
         self.act = nn.ReLU(inplace=True)
 
@@ -108,28 +124,35 @@ class CouplingNet(nn.Module):
         hidden = self.conv1.out_channels
         # conv1 (3x3) as im2col of the (few) input channels + a matmul, conv2 (1x1) as a matmul, and the
         # last conv (hidden -> Cout, 3x3) as a matmul to per-tap outputs; rows are pixels.
-        cols = F.unfold(x, 3, padding=1).transpose(1, 2)                        # [N, HW, Cin*9]
+        k = self.kernel
+        cols = F.unfold(x, k, padding=k // 2).transpose(1, 2)                    # [N, HW, Cin*k*k]
         bias = self.conv1.bias
         if self.cond_proj is not None:
             if cond is None or cond.vec is None:
                 raise ValueError("this coupling expects a global code (cond.vec)")
             bias = bias + self.cond_proj(cond.vec.to(x.dtype))                    # [N, hidden]: z as a channel bias
+        if self.zmap_proj is not None:
+            if cond is None or cond.zmap is None:
+                raise ValueError("this coupling expects a spatial map decoded from z (cond.zmap)")
+            pix = self.zmap_proj(cond.zmap.to(x.dtype)).flatten(2).transpose(1, 2)   # [N, HW, hidden]
+            bias = bias[:, None, :] + pix if bias.dim() == 2 else bias + pix
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         w_taps = self.out.weight.flip(2, 3).permute(0, 2, 3, 1).reshape(-1, hidden)  # [(Cout, kh, kw), hidden]
         taps = _HiddenLayers.apply(cols, self.conv1.weight.reshape(hidden, -1), bias,
                                    self.conv2.weight.reshape(hidden, hidden), self.conv2.bias, w_taps, dtype)
         # fold (col2im) sums each tap's output into its neighbour pixel: with the kernel flipped, exactly
         # the correlation conv2d computes, zero padding included.
-        y = F.fold(taps.transpose(1, 2), (height, width), 3, padding=1)         # [N, Cout, H, W]
+        y = F.fold(taps.transpose(1, 2), (height, width), k, padding=k // 2)     # [N, Cout, H, W]
         return y + self.out.bias.to(y.dtype)[:, None, None]
 
 
 class AffineCoupling(FlowLayer):
-    def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0):
+    def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0,
+                 zmap_channels: int = 0, kernel: int = 3):
         super().__init__()
         self.ca = channels // 2
         self.cb = channels - self.ca
-        self.net = CouplingNet(self.ca, 2 * self.cb, hidden, cond_dim, cond_map_channels)
+        self.net = CouplingNet(self.ca, 2 * self.cb, hidden, cond_dim, cond_map_channels, zmap_channels, kernel)
         self.clamp = clamp
 
     def _params(self, xa: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:

@@ -12,12 +12,19 @@ for all but the last level, the second half of the channels is standardised by
 a split prior conditioned on the kept half and z and set aside; the last level
 is standardised by the top prior conditioned on z. Every coupling network and
 every prior sees z (and, if given, a spatial code for its level).
+
+With ``zmap_channels > 0`` a small decoder (:class:`ZMapDecoder`) also turns z into a spatial map
+at every level's resolution, which every coupling (as a per-pixel bias) and prior (as an input)
+reads: z then has a direct route to *where* things are, not only to per-channel statistics.
+``steps`` and ``kernels`` may differ per level (finest first), to limit what the flow can model
+on its own at the coarse levels.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .actnorm import ActNorm
@@ -31,12 +38,13 @@ from .squeeze import squeeze2x2, unsqueeze2x2
 class FlowStep(FlowLayer):
     """ActNorm -> invertible 1x1 conv -> affine coupling."""
 
-    def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0):
+    def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0,
+                 zmap_channels: int = 0, kernel: int = 3):
         super().__init__()
         self.layers = nn.ModuleList([
             ActNorm(channels),
             InvConv1x1(channels),
-            AffineCoupling(channels, hidden, cond_dim, cond_map_channels, clamp),
+            AffineCoupling(channels, hidden, cond_dim, cond_map_channels, clamp, zmap_channels, kernel),
         ])
 
     def forward(self, x, cond=None):
@@ -54,16 +62,47 @@ class FlowStep(FlowLayer):
         return y, total
 
 
+class ZMapDecoder(nn.Module):
+    """z -> one spatial map per Glow level (finest first): a linear map to the coarsest level's grid,
+    then per finer level a 2x nearest upsampling and a 3x3 conv, each followed by SiLU."""
+
+    def __init__(self, z_dim: int, channels: int, sizes: Sequence[tuple[int, int]]):
+        super().__init__()
+        self.sizes = [tuple(s) for s in sizes]
+        self.channels = channels
+        hc, wc = self.sizes[-1]
+        self.fc = nn.Linear(z_dim, channels * hc * wc)
+        self.ups = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1) for _ in self.sizes[:-1]])
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        hc, wc = self.sizes[-1]
+        m = F.silu(self.fc(z).view(z.shape[0], self.channels, hc, wc))
+        maps = [m]
+        for lvl in reversed(range(len(self.sizes) - 1)):
+            m = F.silu(self.ups[lvl](F.interpolate(m, size=self.sizes[lvl], mode="nearest")))
+            maps.append(m)
+        return maps[::-1]
+
+
+def _per_level(value: Union[int, Sequence[int]], levels: int, name: str) -> list[int]:
+    vals = [value] * levels if isinstance(value, int) else list(value)
+    if len(vals) != levels:
+        raise ValueError(f"{name} needs one entry per level ({levels}), got {vals}")
+    return vals
+
+
 class ConditionalGlow(nn.Module):
     def __init__(
         self,
         image_shape: Sequence[int],
         levels: int,
-        steps: int,
+        steps: Union[int, Sequence[int]],
         hidden: int,
         cond_dim: int = 0,
         cond_map_channels: Optional[Sequence[int]] = None,
         clamp: float = 2.0,
+        zmap_channels: int = 0,
+        kernels: Union[int, Sequence[int]] = 3,
     ):
         super().__init__()
         c, h, w = image_shape
@@ -72,32 +111,42 @@ class ConditionalGlow(nn.Module):
         maps = list(cond_map_channels) if cond_map_channels is not None else [0] * levels
         if len(maps) != levels:
             raise ValueError("cond_map_channels needs one entry per level")
+        steps, kernels = _per_level(steps, levels, "steps"), _per_level(kernels, levels, "kernels")
+        if zmap_channels and not cond_dim:
+            raise ValueError("zmap_channels needs a global code (cond_dim > 0)")
         self.image_shape = (c, h, w)
         self.levels = levels
         self.level_steps = nn.ModuleList()
         self.priors = nn.ModuleList()
         self.kept_channels: list[int] = []
+        sizes = []
         for lvl in range(levels):
             c, h, w = c * 4, h // 2, w // 2
-            self.level_steps.append(nn.ModuleList([FlowStep(c, hidden, cond_dim, maps[lvl], clamp) for _ in range(steps)]))
+            sizes.append((h, w))
+            k, zc = kernels[lvl], zmap_channels
+            self.level_steps.append(nn.ModuleList([FlowStep(c, hidden, cond_dim, maps[lvl], clamp, zc, k)
+                                                   for _ in range(steps[lvl])]))
             if lvl < levels - 1:
-                prior = GaussianizeSplit(c, cond_dim, maps[lvl])
+                prior = GaussianizeSplit(c, cond_dim, maps[lvl], zc, k)
                 self.kept_channels.append(prior.ck)
                 c = prior.ck
             else:
-                prior = GaussianizeTop((c, h, w), cond_dim, maps[lvl])
+                prior = GaussianizeTop((c, h, w), cond_dim, maps[lvl], zc)
             self.priors.append(prior)
+        self.z_decoder = ZMapDecoder(cond_dim, zmap_channels, sizes) if zmap_channels else None
 
-    @staticmethod
-    def _cond(z: Optional[Tensor], maps: Optional[Sequence[Tensor]], lvl: int) -> Cond:
-        return Cond(vec=z, map=None if maps is None else maps[lvl])
+    def _conds(self, z: Optional[Tensor], maps: Optional[Sequence[Tensor]]) -> list[Cond]:
+        """The conditioning of each level (z decoded to its maps once per pass)."""
+        zmaps = self.z_decoder(z) if self.z_decoder is not None else [None] * self.levels
+        return [Cond(vec=z, map=None if maps is None else maps[lvl], zmap=zmaps[lvl]) for lvl in range(self.levels)]
 
     def forward(self, y: Tensor, z: Optional[Tensor] = None, maps: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor]:
         logdet = y.new_zeros(y.shape[0], dtype=logdet_dtype(y))
         parts = []
         h = y
+        conds = self._conds(z, maps)
         for lvl in range(self.levels):
-            cond = self._cond(z, maps, lvl)
+            cond = conds[lvl]
             h = squeeze2x2(h)
             for step in self.level_steps[lvl]:
                 h, ld = step(h, cond)
@@ -114,8 +163,9 @@ class ConditionalGlow(nn.Module):
         top, parts = self._unpack(eps)
         logdet = eps.new_zeros(eps.shape[0], dtype=logdet_dtype(eps))
         h = top
+        conds = self._conds(z, maps)
         for lvl in reversed(range(self.levels)):
-            cond = self._cond(z, maps, lvl)
+            cond = conds[lvl]
             if lvl < self.levels - 1:
                 h = torch.cat([unsqueeze2x2(h), parts[lvl]], 1)
             h, ld = self.priors[lvl].inverse(h, cond)

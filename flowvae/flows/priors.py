@@ -22,26 +22,36 @@ def _as_float(t: Tensor, like: Tensor) -> Tensor:
     return t.to(logdet_dtype(like))
 
 
-def _need(cond: Optional[Cond], vec: bool, maps: bool, who: str) -> None:
+def _need(cond: Optional[Cond], vec: bool, maps: bool, who: str, zmap: bool = False) -> None:
     if vec and (cond is None or cond.vec is None):
         raise ValueError(f"{who} expects a global code (cond.vec)")
     if maps and (cond is None or cond.map is None):
         raise ValueError(f"{who} expects a spatial conditioning map (cond.map)")
+    if zmap and (cond is None or cond.zmap is None):
+        raise ValueError(f"{who} expects a spatial map decoded from z (cond.zmap)")
+
+
+def _spatial(cond: Optional[Cond], maps: bool, zmap: bool, dtype: torch.dtype) -> list[Tensor]:
+    """The spatial conditioning a prior reads: the level code and/or the map decoded from z."""
+    return ([cond.map.to(dtype)] if maps else []) + ([cond.zmap.to(dtype)] if zmap else [])
 
 
 class GaussianizeSplit(FlowLayer):
     """Standardise the second half of the channels given the first half and the conditioning.
 
     ``[kept, split] -> [kept, (split - mu) / sigma]`` with
-    ``mu, log sigma = ZeroConv(kept [, cond map]) + Linear(z)``.
+    ``mu, log sigma = ZeroConv(kept [, cond map] [, z map]) + Linear(z)``; ``kernel`` is the conv's size
+    (1 keeps the prior as local as kernel-1 couplings).
     """
 
-    def __init__(self, channels: int, cond_dim: int = 0, cond_map_channels: int = 0):
+    def __init__(self, channels: int, cond_dim: int = 0, cond_map_channels: int = 0, zmap_channels: int = 0,
+                 kernel: int = 3):
         super().__init__()
         self.ck = channels // 2
         self.cs = channels - self.ck
-        self.conv = ZeroConv2d(self.ck + cond_map_channels, 2 * self.cs)
+        self.conv = ZeroConv2d(self.ck + cond_map_channels + zmap_channels, 2 * self.cs, kernel)
         self.cond_map_channels = cond_map_channels
+        self.zmap_channels = zmap_channels
         self.cond_proj = nn.Linear(cond_dim, 2 * self.cs) if cond_dim > 0 else None
         if self.cond_proj is not None:
             nn.init.zeros_(self.cond_proj.weight)
@@ -52,10 +62,8 @@ class GaussianizeSplit(FlowLayer):
             return self._params_fp(kept, cond)
 
     def _params_fp(self, kept: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
-        _need(cond, self.cond_proj is not None, bool(self.cond_map_channels), "this split prior")
-        inp = kept
-        if self.cond_map_channels:
-            inp = torch.cat([kept, cond.map.to(kept.dtype)], 1)
+        _need(cond, self.cond_proj is not None, bool(self.cond_map_channels), "this split prior", bool(self.zmap_channels))
+        inp = torch.cat([kept] + _spatial(cond, bool(self.cond_map_channels), bool(self.zmap_channels), kept.dtype), 1)
         h = self.conv(inp)
         if self.cond_proj is not None:
             h = h + self.cond_proj(cond.vec.to(h.dtype))[:, :, None, None]
@@ -76,9 +84,9 @@ class GaussianizeSplit(FlowLayer):
 
 
 class GaussianizeTop(FlowLayer):
-    """Standardise the top-level latent: ``mu, log sigma`` = learned map + Linear(z) (+ ZeroConv(map))."""
+    """Standardise the top-level latent: ``mu, log sigma`` = learned map + Linear(z) (+ ZeroConv(map, z map))."""
 
-    def __init__(self, shape: tuple[int, int, int], cond_dim: int = 0, cond_map_channels: int = 0):
+    def __init__(self, shape: tuple[int, int, int], cond_dim: int = 0, cond_map_channels: int = 0, zmap_channels: int = 0):
         super().__init__()
         c, h, w = shape
         self.shape = shape
@@ -87,19 +95,20 @@ class GaussianizeTop(FlowLayer):
         if self.cond_proj is not None:
             nn.init.zeros_(self.cond_proj.weight)
             nn.init.zeros_(self.cond_proj.bias)
-        self.map_conv = ZeroConv2d(cond_map_channels, 2 * c) if cond_map_channels else None
+        self.cond_map_channels, self.zmap_channels = cond_map_channels, zmap_channels
+        self.map_conv = ZeroConv2d(cond_map_channels + zmap_channels, 2 * c) if cond_map_channels + zmap_channels else None
 
     def _params(self, x: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
         with full_precision(x):  # the prior's mean and scale stay float32 under autocast
             return self._params_fp(x, cond)
 
     def _params_fp(self, x: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
-        _need(cond, self.cond_proj is not None, self.map_conv is not None, "this top prior")
+        _need(cond, self.cond_proj is not None, bool(self.cond_map_channels), "this top prior", bool(self.zmap_channels))
         h = self.learned.expand(x.shape[0], -1, -1, -1)
         if self.cond_proj is not None:
             h = h + self.cond_proj(cond.vec.to(h.dtype)).view(-1, *self.learned.shape[1:])
         if self.map_conv is not None:
-            h = h + self.map_conv(cond.map.to(h.dtype))
+            h = h + self.map_conv(torch.cat(_spatial(cond, bool(self.cond_map_channels), bool(self.zmap_channels), h.dtype), 1))
         h = _as_float(h, x)
         return h[:, 0::2], h[:, 1::2]
 
