@@ -1,7 +1,9 @@
-"""The README's Fashion-MNIST ablation: flow-only Glow vs hybrid (global z) vs hybrid (hierarchical z_l).
+"""The README's Fashion-MNIST ablations: flow-only Glow vs hybrids, one change at a time.
 
-    python scripts/ablation.py --minutes 25 --out results/ablation
-    python scripts/ablation.py --models glow,global --minutes 25 --out results/fashion_mnist   # the issue-2 table
+    python scripts/ablation.py --minutes 25 --out results/ablation      # Glow vs global z vs hierarchical z_l
+    python scripts/ablation.py --models glow,global --minutes 25 --out results/fashion_mnist
+    python scripts/ablation.py --models glow,global,zmap,zmap_k31,zmap_k11,hier_zmap_fb \
+        --minutes 75 --iw-limit 0 --out results/decoupling               # the decoupling levers (README)
 
 Trains configs/fashion_mnist.yaml once per variant (same flow: 2 levels x 8
 steps x 128 channels, batch 64) for the same budget of training-step
@@ -25,11 +27,19 @@ VARIANTS = {
     "global": ["model.type=hybrid", "model.injection=global"],
     "hierarchical": ["model.type=hybrid", "model.injection=hierarchical"],
     # The decoupling levers, one change at a time from the global hybrid:
-    "zmap": ["model.type=hybrid", "model.z_maps=16"],                                     # z decoded to a map per level
-    "zmap_k31": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[3,1]"],  # + 1x1 couplings at the coarse level
-    "zmap_k11": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[1,1]"],  # + 1x1 couplings everywhere
-    "hier_zmap_fb": ["model.type=hybrid", "model.injection=hierarchical", "model.z_maps=16",
-                     "model.level_free_bits=0.05"],                                       # hierarchical with the same z maps
+    "zmap": ["model.type=hybrid", "model.z_maps=16"],
+    "zmap_k31": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[3,1]"],
+    "zmap_k11": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[1,1]"],
+    "hier_zmap_fb": ["model.type=hybrid", "model.injection=hierarchical", "model.z_maps=16", "model.level_free_bits=0.05"],
+}
+CHANGES = {
+    "glow": "flow only (the bpd reference)",
+    "global": "hybrid: z as a channel bias in every coupling and prior",
+    "hierarchical": "+ a spatial z_l per Glow level",
+    "zmap": "global + z decoded to a 16-channel map per level",
+    "zmap_k31": "zmap + 1x1 couplings at the coarse level",
+    "zmap_k11": "zmap + 1x1 couplings at both levels",
+    "hier_zmap_fb": "zmap + a spatial z_l per level, 0.05 free nats per z_l dim",
 }
 # Earlier results directories name the global-injection hybrid "hybrid".
 ALIASES = {"hybrid": "global"}
@@ -50,7 +60,7 @@ def main():
     ap.add_argument("--sequential", action="store_true", help="train one after the other with all cores")
     ap.add_argument("--out", default="results/ablation")
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--iw-limit", type=int, default=2000)
+    ap.add_argument("--iw-limit", type=int, default=2000, help="test images for the IW bound (0: skip it)")
     ap.add_argument("--no-analyze", action="store_true", help="skip flowvae analyze")
     ap.add_argument("--skip-train", action="store_true", help="only evaluate existing runs in --out")
     ap.add_argument("--table-only", action="store_true", help="only rebuild results.md / results.json from --out")
@@ -84,8 +94,9 @@ def main():
         ck = str(out / m)
         hybrid = ALIASES.get(m, m) != "glow"
         run(fl + ["evaluate", "--checkpoint", ck, "--k", "1", "--out", str(out / m / "eval_full.json")])
-        run(fl + ["evaluate", "--checkpoint", ck, "--k", str(a.k), "--limit", str(a.iw_limit),
-                  "--out", str(out / m / f"eval_iw{a.k}.json")])
+        if a.iw_limit:
+            run(fl + ["evaluate", "--checkpoint", ck, "--k", str(a.k), "--limit", str(a.iw_limit),
+                      "--out", str(out / m / f"eval_iw{a.k}.json")])
         run(fl + ["sample", "--checkpoint", ck, "--n", "64", "--temperature", "0.7", "--out", str(out / f"samples_{m}.png")])
         if hybrid:
             run(fl + ["swap", "--checkpoint", ck, "--n", "8", "--out", str(out / f"swap_{m}.png")])
@@ -97,6 +108,8 @@ def main():
                       "--out", str(out / m / "analysis.json")])
     windows = [tuple(int(v) for v in w.split("-")) for w in a.curve_windows.split(",") if w]
     write_tables(out, models, a.k, analyzed=not a.no_analyze, windows=windows)
+    if not a.no_analyze:
+        frontier_plot(out, models)
 
 
 def train_curve_means(run: Path, windows: list) -> dict:
@@ -122,18 +135,25 @@ def write_tables(out: Path, models: list, k: int, analyzed: bool, windows: list 
     rows = {}
     for m in models:
         full = json.loads((out / m / "eval_full.json").read_text())
-        iw = json.loads((out / m / f"eval_iw{k}.json").read_text())
+        iw_path = out / m / f"eval_iw{k}.json"
+        iw = json.loads(iw_path.read_text()) if iw_path.exists() else None
         tm = json.loads((out / m / "train_metrics.json").read_text())
-        row = {"elbo_bpd": full["elbo_bpd"], "elbo_bpd_subset": iw["elbo_bpd"], f"iw{k}_bpd_subset": iw[f"iw{k}_bpd"],
-               "kl_bpd": full["kl_bpd"], "kl_nats": full["kl_nats"], "steps": tm["step"], "epochs": tm["epochs"],
-               "train_minutes": tm["train_minutes"], "skipped_steps": tm["skipped_steps"],
-               "test_images": full["images"], "iw_images": iw["images"]}
+        row = {"elbo_bpd": full["elbo_bpd"], "kl_bpd": full["kl_bpd"], "kl_nats": full["kl_nats"], "steps": tm["step"],
+               "epochs": tm["epochs"], "train_minutes": tm["train_minutes"], "skipped_steps": tm["skipped_steps"],
+               "test_images": full["images"]}
+        if iw is not None:
+            row.update({"elbo_bpd_subset": iw["elbo_bpd"], f"iw{k}_bpd_subset": iw[f"iw{k}_bpd"], "iw_images": iw["images"]})
         if analyzed:
             row["analysis"] = json.loads((out / m / "analysis.json").read_text())
         if windows and (out / m / "tb").is_dir():
             row["train_elbo_bpd_by_steps"] = train_curve_means(out / m, windows)
         rows[m] = row
     (out / "results.json").write_text(json.dumps(rows, indent=2))
+    if any("iw_images" not in r for r in rows.values()):
+        lines = effect_tables(rows, models)
+        (out / "results.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     first = rows[models[0]]
     n_iw = first["iw_images"]
     head = (f"| model | steps (epochs) | train min | test elbo_bpd (all {first['test_images']}) | "
@@ -179,6 +199,71 @@ def write_tables(out: Path, models: list, k: int, analyzed: bool, windows: list 
                               for m, c in curves.items()) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def effect_tables(rows: dict, models: list) -> list:
+    """The decoupling table: bound, and what each code group controls (flowvae analyze's swap / resample)."""
+    ref = rows["glow"]["elbo_bpd"] if "glow" in rows else None
+    lines = ["| model | change | steps | test elbo_bpd | vs glow | KL nats | swap → global class (cnn / logreg) | "
+             "swap → local class (cnn / logreg) | brightness / texture follow local | probe z |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        r, an = rows[m], rows[m].get("analysis", {})
+        d = "-" if ref is None or m == "glow" else f"{r['elbo_bpd'] - ref:+.3f}"
+        sw = an.get("swap", {}).get("code") or an.get("swap", {}).get("global")
+        cols = ("- | - | - | -" if sw is None else
+                f"{sw['to_global_class']['cnn']:.3f} / {sw['to_global_class']['logreg']:.3f} | "
+                f"{sw['to_local_class']['cnn']:.3f} / {sw['to_local_class']['logreg']:.3f} | "
+                f"{sw['brightness_follows_local']:.2f} / {sw['texture_follows_local']:.2f} | {an['probe_acc_z']:.3f}")
+        lines.append(f"| {m} | {CHANGES.get(m, '')} | {r['steps']} | {r['elbo_bpd']:.4f} | {d} | {r['kl_nats']:.1f} | {cols} |")
+    lines += ["", "Per latent group (the group from B or re-drawn from its prior, everything else from A; "
+              "class change and swap fractions by the CNN judge, the logistic-regression judge after the slash):", "",
+              "| model | group | dims | active | KL nats | swap → B's class | swap → A's class | resample: class changes | "
+              "resample: mean abs pixel change (0-255) |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        an = rows[m].get("analysis", {})
+        for name, g in an.get("groups", {}).items():
+            sw, rs = an["swap"][name], an["resample"][name]
+            lines.append(f"| {m} | {name} | {g['dims']} | {g['active_units']} | {g['kl_nats']:.2f} | "
+                         f"{sw['to_global_class']['cnn']:.3f} / {sw['to_global_class']['logreg']:.3f} | "
+                         f"{sw['to_local_class']['cnn']:.3f} / {sw['to_local_class']['logreg']:.3f} | "
+                         f"{rs['class_change']['cnn']:.3f} / {rs['class_change']['logreg']:.3f} | "
+                         f"{rs['mean_abs_pixel_change']:.2f} |")
+    an = next((rows[m]["analysis"] for m in models if "judges" in rows[m].get("analysis", {})), None)
+    if an:
+        lines += ["", f"Judges' test accuracy: CNN {an['judges']['cnn']:.4f}, logistic regression on pixels "
+                      f"{an['judges']['logreg']:.4f}; {an['swap_pairs']} test pairs of different classes."]
+    return lines
+
+
+def frontier_plot(out: Path, models: list) -> None:
+    """bpd against swap consistency, one point per model (frontier.png); needs matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no frontier.png (pip install matplotlib)")
+        return
+    rows = json.loads((out / "results.json").read_text())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        r, an = rows[m], rows[m].get("analysis", {})
+        sw = an.get("swap", {}).get("code") or an.get("swap", {}).get("global")
+        if sw is None:
+            ax.axhline(r["elbo_bpd"], color="grey", ls="--", lw=1)
+            ax.annotate(f"{m} (no code)", (0.0, r["elbo_bpd"]), fontsize=8, va="bottom")
+            continue
+        ax.scatter(sw["to_global_class"]["cnn"], r["elbo_bpd"])
+        ax.annotate(m, (sw["to_global_class"]["cnn"], r["elbo_bpd"]), fontsize=8, xytext=(4, 2), textcoords="offset points")
+    ax.axvline(0.8, color="green", ls=":", lw=1)
+    ax.set_xlabel("swap → global image's class (CNN judge)")
+    ax.set_ylabel("test elbo_bpd (lower is better)")
+    ax.set_xlim(0, 1)
+    ax.set_title("bpd against swap consistency (same training budget)")
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
+    print(f"wrote {out / 'frontier.png'}")
 
 
 if __name__ == "__main__":

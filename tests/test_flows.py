@@ -29,10 +29,12 @@ class Case:
     map: Optional[list] = None  # channels of cond.map: [Cm] for a layer, one per level for a Glow
     glow: bool = False
     std: float = 0.3        # parameter noise; smaller for deep stacks so they stay well-conditioned
+    zmap: int = 0           # channels of cond.zmap (a layer's map decoded from z; a Glow decodes its own)
 
     def cond(self, n: int, seed: int, dtype=torch.float64, vary: str = "") -> Cond:
         g = torch.Generator().manual_seed(seed)
         vec = torch.randn(n, DV, generator=g, dtype=dtype) if self.vec else None
+        zmap = torch.randn(n, self.zmap, *self.shape[1:], generator=g, dtype=dtype) if self.zmap else None
         maps = None
         if self.map is not None:
             _, h, w = self.shape
@@ -44,12 +46,14 @@ class Case:
             vec = vec + 1.0
         elif vary == "map":
             maps = [m + 1.0 for m in maps] if self.glow else maps + 1.0
-        return Cond(vec, maps)
+        elif vary == "zmap":
+            zmap = zmap + 1.0
+        return Cond(vec, maps, zmap)
 
 
 def sub_cond(cond: Cond, i: int) -> Cond:
     take = lambda t: None if t is None else ([m[i:i + 1] for m in t] if isinstance(t, list) else t[i:i + 1])
-    return Cond(take(cond.vec), take(cond.map))
+    return Cond(take(cond.vec), take(cond.map), take(cond.zmap))
 
 
 def fwd(case: Case, layer, x, cond):
@@ -82,8 +86,18 @@ CASES = {
                            (1, 8, 8), vec=True, glow=True, std=0.1),
     "glow_2levels_z_maps": Case(lambda: ConditionalGlow((1, 8, 8), 2, 1, 8, cond_dim=DV, cond_map_channels=[CM, 1]),
                                 (1, 8, 8), vec=True, map=[CM, 1], glow=True, std=0.1),
+    # z decoded to a spatial map per level, per-pixel bias in the couplings; kernel 1 and 3 couplings
+    "coupling_zmap": Case(lambda: AffineCoupling(4, 8, DV, zmap_channels=CM), (4, 4, 4), vec=True, zmap=CM),
+    "coupling_kernel1_zmap": Case(lambda: AffineCoupling(4, 8, DV, zmap_channels=CM, kernel=1), (4, 4, 4), vec=True, zmap=CM),
+    "split_zmap_kernel1": Case(lambda: GaussianizeSplit(4, DV, 0, CM, kernel=1), (4, 4, 4), vec=True, zmap=CM),
+    "top_zmap_map": Case(lambda: GaussianizeTop((4, 4, 4), DV, CM, CM), (4, 4, 4), vec=True, map=[CM], zmap=CM),
+    "glow_zmap_kernels_steps": Case(lambda: ConditionalGlow((1, 8, 8), 2, [2, 1], 8, cond_dim=DV, zmap_channels=2,
+                                                            kernels=[3, 1]), (1, 8, 8), vec=True, glow=True, std=0.1),
+    "glow_zmap_levelcodes": Case(lambda: ConditionalGlow((1, 8, 8), 2, 1, 8, cond_dim=DV, cond_map_channels=[CM, 1],
+                                                         zmap_channels=2, kernels=[1, 1]),
+                                 (1, 8, 8), vec=True, map=[CM, 1], glow=True, std=0.1),
 }
-CONDITIONED = [k for k, c in CASES.items() if c.vec or c.map]
+CONDITIONED = [k for k, c in CASES.items() if c.vec or c.map or c.zmap]
 
 
 def setup(name: str, dtype=torch.float64, seed: int = 0):
@@ -134,7 +148,7 @@ def test_logdet_matches_brute_force_jacobian(name):
 def test_conditioning_changes_the_output(name):
     case, layer, x, cond = setup(name)
     y, ld = fwd(case, layer, x, cond)
-    for part in [p for p, used in (("vec", case.vec), ("map", case.map)) if used]:
+    for part in [p for p, used in (("vec", case.vec), ("map", case.map), ("zmap", case.zmap)) if used]:
         other = case.cond(N, 1, vary=part)  # same seed as `cond`, one component shifted
         y2, ld2 = fwd(case, layer, x, other)
         assert (y2 - y).abs().max() > 1e-3, f"cond.{part} has no effect"
@@ -357,26 +371,31 @@ def _reference_coupling_net(net, x, cond):
     its hand-written backward must equal."""
     if cond is not None and cond.map is not None:
         x = torch.cat([x, cond.map], 1)
-    h = nn.functional.conv2d(x, net.conv1.weight, net.conv1.bias, padding=1)
+    pad = net.kernel // 2
+    h = nn.functional.conv2d(x, net.conv1.weight, net.conv1.bias, padding=pad)
     if net.cond_proj is not None:
         h = h + net.cond_proj(cond.vec)[:, :, None, None]
+    if net.zmap_proj is not None:
+        h = h + nn.functional.conv2d(cond.zmap, net.zmap_proj.weight)
     h = nn.functional.conv2d(torch.relu(h), net.conv2.weight, net.conv2.bias).relu()
-    return nn.functional.conv2d(h, net.out.weight, net.out.bias, padding=1)
+    return nn.functional.conv2d(h, net.out.weight, net.out.bias, padding=pad)
 
 
-@pytest.mark.parametrize("vec, cmap", [(False, 0), (True, 0), (True, CM)])
-def test_coupling_net_matches_conv2d_values_and_gradients(vec, cmap):
+@pytest.mark.parametrize("vec, cmap, zmap, kernel", [(False, 0, 0, 3), (True, 0, 0, 3), (True, CM, 0, 3),
+                                                     (True, 0, CM, 3), (False, CM, CM, 1), (True, 0, 0, 1)])
+def test_coupling_net_matches_conv2d_values_and_gradients(vec, cmap, zmap, kernel):
     from flowvae.flows.coupling import CouplingNet
 
     torch.manual_seed(0)
-    net = CouplingNet(3, 6, 8, cond_dim=DV if vec else 0, cond_map_channels=cmap).double()
+    net = CouplingNet(3, 6, 8, cond_dim=DV if vec else 0, cond_map_channels=cmap, zmap_channels=zmap, kernel=kernel).double()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
     x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     cond = Cond(torch.randn(2, DV, generator=g, dtype=torch.float64, requires_grad=True) if vec else None,
-                torch.randn(2, cmap, 5, 4, generator=g, dtype=torch.float64, requires_grad=True) if cmap else None)
+                torch.randn(2, cmap, 5, 4, generator=g, dtype=torch.float64, requires_grad=True) if cmap else None,
+                torch.randn(2, zmap, 5, 4, generator=g, dtype=torch.float64, requires_grad=True) if zmap else None)
     inputs = [x] + [t for t in cond if t is not None] + list(net.parameters())
     got, ref = net(x, cond), _reference_coupling_net(net, x, cond)
     assert torch.allclose(got, ref, atol=1e-12, rtol=0)

@@ -119,12 +119,12 @@ def load_or_train_classifier(path: Optional[Path], train_ds, test_ds, epochs: in
     return clf, acc, f"trained ({epochs} epochs)" + (f", saved to {path}" if path is not None else "")
 
 
-def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, l2: float = 1e-3,
-                 iters: int = 200) -> float:
-    """Test accuracy of multinomial logistic regression on standardised features (full-batch L-BFGS)."""
+def fit_logistic(train_x: Tensor, train_y: Tensor, l2: float = 1e-3, iters: int = 200):
+    """Multinomial logistic regression on standardised features (full-batch L-BFGS); returns a
+    function from features to predicted labels."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    a, b = ((train_x - mean) / std).double(), ((test_x - mean) / std).double()
-    classes = int(max(train_y.max(), test_y.max())) + 1
+    a = ((train_x - mean) / std).double()
+    classes = int(train_y.max()) + 1
     lin = nn.Linear(a.shape[1], classes).double()
     nn.init.zeros_(lin.weight)
     nn.init.zeros_(lin.bias)
@@ -138,8 +138,40 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
     with torch.enable_grad():
         opt.step(closure)
-    with torch.no_grad():
-        return (lin(b).argmax(1) == test_y).double().mean().item()
+
+    @torch.no_grad()
+    def predict(x: Tensor) -> Tensor:
+        return lin(((x - mean) / std).double()).argmax(1)
+
+    return predict
+
+
+def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, l2: float = 1e-3,
+                 iters: int = 200) -> float:
+    """Test accuracy of multinomial logistic regression on standardised features."""
+    predict = fit_logistic(train_x, train_y, l2, iters)
+    return (predict(test_x) == test_y).double().mean().item()
+
+
+class PixelJudge:
+    """The second, independent judge: logistic regression on raw pixels (a different model family
+    from the CNN, so no swap number rests on one network)."""
+
+    def __init__(self, x_uint8: Tensor, y: Tensor):
+        self._predict = fit_logistic(x_uint8.flatten(1).float(), y)
+
+    def predict(self, x_uint8: Tensor) -> Tensor:
+        return self._predict(x_uint8.flatten(1).float())
+
+
+def local_detail(x_uint8: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, over its own foreground (pixels > 10): mean brightness, and texture = mean
+    |x - 3x3 local mean| (print, stroke and fabric show up here; the silhouette mostly does not)."""
+    x = x_uint8.float()
+    fg = (x > 10).float()
+    n = fg.flatten(1).sum(1).clamp_min(1)
+    hp = (x - nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)).abs()
+    return (x * fg).flatten(1).sum(1) / n, (hp * fg).flatten(1).sum(1) / n
 
 
 @torch.no_grad()
@@ -151,6 +183,11 @@ def _codes(model: FlowVAE, x: Tensor, batch: int, desc: str, progress: bool) -> 
         if z is not None:
             zs.append(z.cpu())
     return (torch.cat(zs) if zs else None), torch.cat(es)
+
+
+@torch.no_grad()
+def _decode(model: FlowVAE, code: Tensor, eps: Tensor, batch: int) -> Tensor:
+    return torch.cat([model.decode(code[i : i + batch], eps[i : i + batch]).cpu() for i in range(0, code.shape[0], batch)])
 
 
 @torch.no_grad()
@@ -181,6 +218,50 @@ def _different_class_pairs(y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor
     return a, b
 
 
+@torch.no_grad()
+def group_effects(model: FlowVAE, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor, judges: dict, batch: int,
+                  seed: int, progress: bool) -> tuple[dict, dict]:
+    """What each latent group controls, on pairs (A, B) of test images of different classes.
+
+    swap: the group from B, every other group and eps from A; reported: the fraction each judge labels
+    as B's class and as A's, and how often the swap's brightness / texture (``local_detail``) is closer
+    to A's than to B's (0.5 = no preference). ``code`` swaps every group at once (= ``FlowVAE.swap``).
+    resample: the group re-drawn from its prior (temperature 1), the rest of A held; reported: the
+    fraction of images whose label changes, and the mean absolute pixel change (0..255)."""
+    groups = dict(model.latent_groups())
+    if len(groups) > 1:
+        groups = {"code": slice(0, model.code_dim), **groups}
+    chunks = [model.encode(xa[i : i + batch]) for i in range(0, xa.shape[0], batch)]
+    code_a, eps_a = torch.cat([c for c, _ in chunks]), torch.cat([e for _, e in chunks])
+    code_b = torch.cat([model.encode(xb[i : i + batch])[0] for i in range(0, xb.shape[0], batch)])
+    ref = {name: j.predict(xa) for name, j in judges.items()}
+    bright_a, tex_a = local_detail(xa)
+    bright_b, tex_b = local_detail(xb)
+    swaps, resamples = {}, {}
+    g = torch.Generator(device=code_a.device).manual_seed(seed)
+    for name, sl in tqdm(groups.items(), desc="swap/resample per group", disable=not progress, leave=False):
+        mixed = code_a.clone()
+        mixed[:, sl] = code_b[:, sl]
+        s = _decode(model, mixed, eps_a, batch)
+        bright, tex = local_detail(s)
+        swaps[name] = {
+            "to_global_class": {j: (judge.predict(s) == yb).float().mean().item() for j, judge in judges.items()},
+            "to_local_class": {j: (judge.predict(s) == ya).float().mean().item() for j, judge in judges.items()},
+            "brightness_follows_local": ((bright - bright_a).abs() < (bright - bright_b).abs()).float().mean().item(),
+            "texture_follows_local": ((tex - tex_a).abs() < (tex - tex_b).abs()).float().mean().item(),
+        }
+        if name == "code":
+            continue
+        new = torch.cat([model.resample_code(code_a[i : i + batch], name if name == "global" else int(name[len("level"):]),
+                                             generator=g) for i in range(0, code_a.shape[0], batch)])
+        r = _decode(model, new, eps_a, batch)
+        resamples[name] = {
+            "class_change": {j: (judge.predict(r) != ref[j]).float().mean().item() for j, judge in judges.items()},
+            "mean_abs_pixel_change": (r.float() - xa.float()).abs().mean().item(),
+        }
+    return swaps, resamples
+
+
 def analyze(model: FlowVAE, train_ds, test_ds, classifier: Optional[Path] = None, classifier_epochs: int = 3,
             pairs: int = 1000, probe_train: int = 10000, probe_test: int = 2000, kl_images: int = 2000,
             batch_size: int = 128, seed: int = 0, progress: bool = True) -> dict:
@@ -193,22 +274,27 @@ def analyze(model: FlowVAE, train_ds, test_ds, classifier: Optional[Path] = None
         clf, acc, how = load_or_train_classifier(classifier, train_ds, test_ds, classifier_epochs, seed, progress)
         res["classifier_test_acc"] = acc
         res["classifier"] = how
-
-        # Swap consistency: local code from A, global code from B, A and B of different classes.
-        if model.hybrid:
-            x_all, y_all = _images(test_ds, len(test_ds))
-            ia, ib = _different_class_pairs(y_all, pairs, seed)
-            res["swap_pairs"] = pairs
-            kinds = {"": False, "z_only_": True} if model.hierarchical else {"": False}
-            for prefix, z_only in kinds.items():
-                swapped = _swaps(model, x_all[ia], x_all[ib], z_only, batch_size, progress)
-                pred = clf.predict(swapped)
-                res[f"swap_{prefix}to_global_class"] = (pred == y_all[ib]).float().mean().item()
-                res[f"swap_{prefix}to_local_class"] = (pred == y_all[ia]).float().mean().item()
-
-        # Linear probes from the codes (fitted on training images, scored on test images).
         xtr, ytr = _images(train_ds, probe_train)
         xte, yte = _images(test_ds, probe_test)
+
+        if model.hybrid:
+            x_all, y_all = _images(test_ds, len(test_ds))
+            pixel_judge = PixelJudge(xtr, ytr)
+            res["judges"] = {"cnn": acc, "logreg": (pixel_judge.predict(x_all) == y_all).float().mean().item()}
+            ia, ib = _different_class_pairs(y_all, pairs, seed)
+            res["swap_pairs"] = pairs
+            swaps, resamples = group_effects(model, x_all[ia], y_all[ia], x_all[ib], y_all[ib],
+                                             {"cnn": clf, "logreg": pixel_judge}, batch_size, seed, progress)
+            res["swap"], res["resample"] = swaps, resamples
+            # The headline numbers: every code group from B (FlowVAE.swap), judged by the CNN.
+            full = swaps["code" if "code" in swaps else "global"]
+            res["swap_to_global_class"] = full["to_global_class"]["cnn"]
+            res["swap_to_local_class"] = full["to_local_class"]["cnn"]
+            if model.hierarchical:
+                res["swap_z_only_to_global_class"] = swaps["global"]["to_global_class"]["cnn"]
+                res["swap_z_only_to_local_class"] = swaps["global"]["to_local_class"]["cnn"]
+
+        # Linear probes from the codes (fitted on training images, scored on test images).
         ztr, etr = _codes(model, xtr, batch_size, "codes (train)", progress)
         zte, ete = _codes(model, xte, batch_size, "codes (test)", progress)
         feats = {"pixels": (xtr.flatten(1).float(), xte.flatten(1).float()), "eps": (etr, ete)}
@@ -253,12 +339,22 @@ def analyze(model: FlowVAE, train_ds, test_ds, classifier: Optional[Path] = None
 
 def format_analysis(res: dict) -> str:
     lines = [f"classifier test accuracy: {res['classifier_test_acc']:.4f} ({res['classifier']})"]
-    if "swap_to_global_class" in res:
-        lines.append(f"swap consistency over {res['swap_pairs']} pairs (local code A, global code B, classes differ): "
-                     f"labelled as B (global) {res['swap_to_global_class']:.4f}, as A (local) {res['swap_to_local_class']:.4f}")
-    if "swap_z_only_to_global_class" in res:
-        lines.append(f"  swapping the global z only (z_l kept from A): as B {res['swap_z_only_to_global_class']:.4f}, "
-                     f"as A {res['swap_z_only_to_local_class']:.4f}")
+    if "swap" in res:
+        j = res["judges"]
+        lines.append(f"judges' test accuracy: cnn {j['cnn']:.4f}, logreg (pixels) {j['logreg']:.4f}")
+        lines.append(f"swap consistency over {res['swap_pairs']} pairs (A, B of different classes): the group from B, "
+                     f"the rest and eps from A; the full code swap is FlowVAE.swap: labelled as B (global) "
+                     f"{res['swap_to_global_class']:.4f}, as A (local) {res['swap_to_local_class']:.4f} (cnn)")
+        lines.append(f"{'group':<8} {'swap->B cnn/lr':>15} {'swap->A cnn/lr':>15} {'bright~A':>9} {'texture~A':>10} "
+                     f"{'resample: class chg cnn/lr':>27} {'|dpix|':>7}")
+        for name, sw in res["swap"].items():
+            rs = res["resample"].get(name)
+            rcol = (f"{rs['class_change']['cnn']:.3f}/{rs['class_change']['logreg']:.3f}" if rs else "-")
+            pcol = f"{rs['mean_abs_pixel_change']:.2f}" if rs else "-"
+            lines.append(f"{name:<8} {sw['to_global_class']['cnn']:>7.3f}/{sw['to_global_class']['logreg']:.3f} "
+                         f"{sw['to_local_class']['cnn']:>7.3f}/{sw['to_local_class']['logreg']:.3f} "
+                         f"{sw['brightness_follows_local']:>9.3f} {sw['texture_follows_local']:>10.3f} "
+                         f"{rcol:>27} {pcol:>7}")
     probes = [(k[len("probe_acc_"):], v) for k, v in res.items() if k.startswith("probe_acc_")]
     lines.append(f"linear probe test accuracy ({res['probe_images']['train']} train / {res['probe_images']['test']} test images):")
     lines += [f"  {name:<8} {v:.4f}" for name, v in probes]
