@@ -47,7 +47,9 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
-    path = Path(path)
+    from .pretrained import resolve
+
+    path = resolve(path)  # "pretrained:NAME" -> the file shipped in the package
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
@@ -64,7 +66,8 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
 
 def load_checkpoint(path: Union[str, Path], ema: bool = True, device: Union[str, torch.device] = "cpu") -> tuple[Any, Config, dict]:
     """Load ``(model, config, state)``. The model carries the EMA weights when the checkpoint has
-    them and ``ema`` is True (what evaluation and sampling use), and is in eval mode."""
+    them and ``ema`` is True (what evaluation and sampling use), and is in eval mode.
+    ``path`` may be ``"pretrained:fashion_mnist"``: a model shipped in the package."""
     from .model import FlowVAE
 
     state = read_checkpoint(path)

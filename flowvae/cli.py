@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(checkpoint: str) -> Path:
+    from .pretrained import PREFIX, is_pretrained
+
+    if is_pretrained(checkpoint):  # outputs of a shipped model go to the working directory, not into the package
+        return Path("runs") / checkpoint[len(PREFIX):].replace("/", "_")
     p = Path(checkpoint)
     return p if p.is_dir() else p.parent
 
