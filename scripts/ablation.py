@@ -1,7 +1,7 @@
 """The README's Fashion-MNIST ablation: flow-only Glow vs hybrid (global z) vs hybrid (hierarchical z_l).
 
     python scripts/ablation.py --minutes 25 --out results/ablation
-    python scripts/ablation.py --models glow,global --minutes 25 --out results/fashion_mnist   # the issue-2 table
+    python scripts/ablation.py --models glow,global --minutes 25 --out results/fashion_mnist   # the README's hybrid-vs-Glow table
 
 Trains configs/fashion_mnist.yaml once per variant (same flow: 2 levels x 8
 steps x 128 channels, batch 64) for the same budget of training-step
