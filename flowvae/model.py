@@ -101,7 +101,7 @@ class FlowVAE(nn.Module):
     @staticmethod
     def _check_count(value, name: str, minimum: int = 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            raise ValueError(f"{name} must be >= {minimum} and an integer, got {value!r}")
         return value
 
     @staticmethod

@@ -80,15 +80,16 @@ def single_thread():
 
 @pytest.fixture
 def make_model():
-    """make_model(*overrides, seed=0, z_path_std=None) -> a tiny FlowVAE (TINY + overrides).
+    """make_model(*overrides, seed=0, z_path_std=None, initialized=True) -> a tiny FlowVAE (TINY + overrides),
+    marked initialised unless initialized=False.
     With z_path_std, the glow's zero-initialised parts are randomised so z really conditions the flow."""
 
-    def make(*overrides: str, seed: int = 0, z_path_std=None) -> FlowVAE:
+    def make(*overrides: str, seed: int = 0, z_path_std=None, initialized: bool = True) -> FlowVAE:
         torch.manual_seed(seed)
         model = FlowVAE(load_config(None, overrides=TINY + list(overrides)).model)
         # The maths checked with these models do not depend on ActNorm's data-dependent init, which
-        # loss / encode otherwise require (tests of initialize() call it themselves).
-        model.initialized.fill_(True)
+        # loss / encode otherwise require; tests of initialize() pass initialized=False.
+        model.initialized.fill_(initialized)
         if z_path_std is not None:
             randomize_(model.glow, z_path_std, seed=seed, only=is_z_path)
         return model

@@ -245,9 +245,9 @@ def test_unsafe_pickles_never_advise_weights_only_false(tmp_path, capsys):
 def test_api_arguments_are_checked(make_model, images, run):
     model = make_model()
     for n in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        with pytest.raises(ValueError, match="n must be >= 1 and an integer"):
             model.sample(n)
-    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+    with pytest.raises(ValueError, match="k must be >= 1 and an integer"):
         model.log_prob(images(2), k=2.5)
     x = images(2)
     with pytest.raises(TypeError, match="x_local must be a torch.Tensor"):
