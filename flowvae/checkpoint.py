@@ -7,12 +7,13 @@ DDP/compile prefixes ('module.', '_orig_mod.') are stripped on save and load.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
-from .config import Config, config_from_dict
+from .config import Config, ConfigError, config_from_dict
 
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -41,27 +42,92 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
     for key in ("model", "ema"):
         if key in state and state[key] is not None:
             state[key] = clean_state_dict(state[key])
+    if path.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {path}: it is a directory; move it away or choose another --out")
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except Exception as e:  # disk full, quota, permissions: keep the previous checkpoint and leave no .tmp behind
+        from .runtime import describe_write_error
+
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        old = " the previous checkpoint there is unchanged;" if path.is_file() else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: {describe_write_error(path, e)};{old} "
+                              f"free some space (or fix the folder) and continue with --resume") from None
+
+
+def _why_unreadable(e: Exception) -> str:
+    """The reason a checkpoint failed to load, without torch's advice to load it with weights_only=False
+    (that would run whatever code the file holds)."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
+        return ("it holds Python objects that a safe load (weights_only=True) refuses; flowvae never writes "
+                "those, so the file is from another program or has been altered")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def checkpoint_file(path: Union[str, Path]) -> Path:
+    """The checkpoint file for a file or run-directory path (or ``pretrained:NAME``, a model shipped in the
+    package), with a clear error when there is none."""
+    from .pretrained import resolve
+
+    path = resolve(path)
+    if path.is_dir():
+        inner = path / "checkpoint.pt"
+        if path.name.endswith(".pt") or inner.is_dir():
+            bad = inner if inner.is_dir() else path
+            raise CheckpointError(f"{bad} is a directory, not a checkpoint file")
+        if not inner.exists():
+            raise FileNotFoundError(f"no checkpoint in {path}: a run directory holds checkpoint.pt after its first "
+                                    f"checkpoint (pass the run directory or the .pt file)")
+        path = inner
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (pass the file, or the run directory holding checkpoint.pt)")
+    return path
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
-    from .pretrained import resolve
-
-    path = resolve(path)  # "pretrained:NAME" -> the file shipped in the package
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (pass the file, or the run directory holding checkpoint.pt)")
+    path = checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files raise many different errors
-        raise CheckpointError(f"{path} is not a readable flowvae checkpoint ({type(e).__name__}: {e}). "
+        raise CheckpointError(f"{path} is not a readable flowvae checkpoint ({_why_unreadable(e)}). "
                               f"It may be truncated or from another program; use an earlier checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a flowvae checkpoint (it lacks 'model' or 'config')")
     return state
+
+
+def checkpoint_config(state: dict, path: Union[str, Path]) -> Config:
+    """The config stored in a checkpoint; an invalid one is reported as the checkpoint's, not the user's."""
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: the config stored in this checkpoint is not valid for this version of "
+                              f"flowvae: {e}") from None
+
+
+def _mismatch(model: torch.nn.Module, weights: dict) -> str:
+    """A one-line summary of how saved weights differ from a model (instead of torch's per-tensor dump)."""
+    own = model.state_dict()
+    shapes = [k for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape (e.g. {k}: {list(weights[k].shape)} saved, "
+                     f"{list(own[k].shape)} in the model)")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    return "; ".join(parts) or "the weights do not fit"
 
 
 def load_checkpoint(path: Union[str, Path], ema: bool = True, device: Union[str, torch.device] = "cpu") -> tuple[Any, Config, dict]:
@@ -69,13 +135,18 @@ def load_checkpoint(path: Union[str, Path], ema: bool = True, device: Union[str,
     them and ``ema`` is True (what evaluation and sampling use), and is in eval mode.
     ``path`` may be ``"pretrained:fashion_mnist"``: a model shipped in the package."""
     from .model import FlowVAE
+    from .runtime import resolve_device
 
+    device = resolve_device(device)  # before reading: a bad device fails fast and clearly
     state = read_checkpoint(path)
-    cfg = config_from_dict(state["config"])
+    cfg = checkpoint_config(state, path)
     model = FlowVAE.from_config(cfg.model)
     weights = state.get("ema") if ema and state.get("ema") is not None else state["model"]
+    weights = clean_state_dict(weights)
     try:
-        model.load_state_dict(clean_state_dict(weights))
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the model its config describes: {e}") from None
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(f"{path}: its weights do not match the model its config describes "
+                              f"({_mismatch(model, weights)}); was the checkpoint edited, or written by "
+                              f"another version of flowvae?") from None
     return model.to(device).eval(), cfg, state

@@ -10,13 +10,15 @@
     flowvae resample-level --checkpoint runs/hier --level all --n 6 --m 7     # one grid per latent group
     flowvae analyze --checkpoint runs/hier --classifier runs/classifier.pt   # swap consistency, probes, KL
 
-``--checkpoint`` takes a checkpoint file or a run directory. Trailing
-``section.key=value`` items override the config (for commands reading a
-checkpoint, only the data.* and eval.* sections can change).
+``--checkpoint`` takes a checkpoint file or a run directory. ``section.key=value``
+items override the config, before or after the options (for commands reading a
+checkpoint, only the data.* and eval.* sections can change). Every output path is
+checked for writability before the work starts; errors are one line, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,6 +39,16 @@ def _count(minimum: int):
 
 
 POSITIVE, NON_NEGATIVE = _count(1), _count(0)
+
+
+def TEMPERATURE(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0.7 is Glow's usual), got {text}")
+    return v
 
 
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -66,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="a grid of samples")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--n", type=POSITIVE, default=64)
-    p.add_argument("--temperature", type=float, default=0.7, help="temperature of the local code eps")
-    p.add_argument("--z-temperature", type=float, default=1.0, help="temperature of the global code z")
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.7, help="temperature of the local code eps (default 0.7)")
+    p.add_argument("--z-temperature", type=TEMPERATURE, default=1.0, help="temperature of the global code z")
+    p.add_argument("--no-labels", action="store_true", help="no caption band above the grid")
     p.add_argument("--seed", type=int, default=0)
     _common(p, "PNG file (default: <run dir>/samples.png)")
 
@@ -78,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--n", type=POSITIVE, default=8, help="number of test images")
         p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-labels", action="store_true", help="no caption band above the grid")
         _common(p, f"PNG file (default: <run dir>/{name}.png)")
 
     p = sub.add_parser("resample-level", help="re-draw one latent group (global z or a level's z_l), hold the rest")
@@ -86,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=POSITIVE, default=6, help="number of test images (rows)")
     p.add_argument("--m", type=POSITIVE, default=7, help="draws per image (columns after the original)")
     p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=TEMPERATURE, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-labels", action="store_true", help="no caption band above the grids")
     _common(p, "PNG file for one level, or a directory for --level all (default: the run dir, "
                "resample_<group>.png)")
 
@@ -108,8 +123,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=POSITIVE, default=4)
     p.add_argument("--steps", type=_count(2), default=10)
     p.add_argument("--first", type=NON_NEGATIVE, default=0)
+    p.add_argument("--no-labels", action="store_true", help="no caption band above the grid")
     _common(p, "PNG file (default: <run dir>/interpolate.png)")
     return ap
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Like ``parse_args``, but overrides may come before, between or after options
+    (``flowvae train --out R train.lr=1e-3 --no-progress``): the command's own parser parses intermixed
+    arguments (argparse cannot do that through subparsers)."""
+    ap = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subs = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in subs:
+        args = subs[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return ap.parse_args(argv)  # -h, or an unknown command: argparse's own message
 
 
 def _run_dir(checkpoint: str) -> Path:
@@ -124,7 +154,7 @@ def _run_dir(checkpoint: str) -> Path:
 def _load(args):
     from .config import apply_overrides
     from .checkpoint import load_checkpoint
-    from .engine.train import resolve_device
+    from .runtime import resolve_device
 
     model, cfg, state = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     bad = [o for o in args.overrides if not o.split("=", 1)[0].startswith(("data.", "eval."))]
@@ -144,15 +174,23 @@ def _test_images(cfg, model, first: int, n: int) -> torch.Tensor:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    from .config import ConfigError, load_config
+    args = parse_args(argv)
+    from .config import ConfigError
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .engine.train import TrainingError
 
     try:
         return _dispatch(args)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ConfigError, CheckpointError, DataError, TrainingError, FileNotFoundError, FileExistsError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # output problems the checks up front could not foresee (disk full mid-run, ...)
+        from .runtime import describe_write_error
+
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error:{where} {describe_write_error(e.filename or '.', e) if e.errno else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -161,19 +199,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _dispatch(args) -> int:
     from .config import load_config
+    from .runtime import apply_threads, check_output
     from .visualize import save_grid
 
     if args.command == "train":
         from .engine.train import train
-        from .checkpoint import read_checkpoint
+        from .checkpoint import checkpoint_config, read_checkpoint
 
         if not args.out:
             raise ValueError("train needs --out RUN_DIR")
+        check_output(args.out, "--out", is_dir=True)
         cfg_path = args.config
-        if cfg_path is None and args.resume and (Path(args.out) / "checkpoint.pt").exists():
-            from .config import apply_overrides, config_from_dict
+        ckpt = Path(args.out) / "checkpoint.pt"
+        if cfg_path is None and args.resume and ckpt.exists():
+            from .config import apply_overrides
 
-            cfg = apply_overrides(config_from_dict(read_checkpoint(Path(args.out) / "checkpoint.pt")["config"]), args.overrides)
+            cfg = apply_overrides(checkpoint_config(read_checkpoint(ckpt), ckpt), args.overrides)
         elif cfg_path is None:
             raise ValueError("train needs --config FILE (or --resume with an existing run in --out)")
         else:
@@ -182,6 +223,7 @@ def _dispatch(args) -> int:
         return 0
 
     model, cfg = _load(args)
+    apply_threads(cfg.train.threads)  # the same thread policy as training (README, "A busy machine")
     run_dir = _run_dir(args.checkpoint)
     if args.command == "evaluate":
         from .data import load_dataset
@@ -191,6 +233,7 @@ def _dispatch(args) -> int:
 
         k = cfg.eval.k if args.k is None else args.k
         limit = cfg.eval.limit if args.limit is None else args.limit
+        out = check_output(Path(args.out) if args.out else run_dir / f"eval_k{k}.json")
         ds = load_dataset(cfg.data, cfg.model, args.split)
         info = D.setup(args.device)  # under torchrun: sharded over the ranks, reduced; else one process
         try:
@@ -203,7 +246,6 @@ def _dispatch(args) -> int:
         res["checkpoint"] = str(args.checkpoint)
         res["split"] = args.split
         res["processes"] = info.world_size
-        out = Path(args.out) if args.out else run_dir / f"eval_k{k}.json"
         write_json(res, out)
         print(format_table(res))
         print(f"written to {out}")
@@ -214,13 +256,15 @@ def _dispatch(args) -> int:
         from .engine.analyze import analyze, format_analysis
         from .engine.evaluate import write_json
 
+        out = check_output(Path(args.out) if args.out else run_dir / "analysis.json")
+        if args.classifier:
+            check_output(args.classifier, "--classifier")
         res = analyze(model, load_dataset(cfg.data, cfg.model, "train"), load_dataset(cfg.data, cfg.model, "test"),
                       classifier=Path(args.classifier) if args.classifier else None,
                       classifier_epochs=args.classifier_epochs, pairs=args.pairs, probe_train=args.probe_train,
                       probe_test=args.probe_test, kl_images=args.kl_images, seed=args.seed,
                       progress=not args.no_progress)
         res["checkpoint"] = str(args.checkpoint)
-        out = Path(args.out) if args.out else run_dir / "analysis.json"
         write_json(res, out)
         print(format_analysis(res))
         print(f"written to {out}")
@@ -237,28 +281,42 @@ def _dispatch(args) -> int:
         names = groups if args.level == "all" else ["global" if args.level == "global" else f"level{args.level}"]
         for name in names:
             model.group_shape("global" if name == "global" else name[len("level"):])  # validates the level
-        x = _test_images(cfg, model, args.first, args.n)
         target = Path(args.out) if args.out else run_dir
+        outs = {name: (target / f"resample_{name}.png" if args.level == "all" or not args.out else target) for name in names}
+        for out in outs.values():
+            check_output(out)
+        x = _test_images(cfg, model, args.first, args.n)
         for name in names:
             level = "global" if name == "global" else int(name[len("level"):])
             imgs, nrow = generate.resample_level_grid(model, x, level, args.m, args.temperature, seed=args.seed)
-            out = target / f"resample_{name}.png" if args.level == "all" or not args.out else target
-            save_grid(imgs.cpu(), out, nrow=nrow)
-            print(f"wrote {out}")
+            what = "the global code z" if name == "global" else f"the level-{level} latent z_{level}"
+            caption = None if args.no_labels else [
+                f"Per row: a test image, then {args.m} draws of {what} from its prior at temperature "
+                f"{args.temperature:g}, with every other latent and the local code held (each column uses the same draw)."]
+            save_grid(imgs.cpu(), outs[name], nrow=nrow, caption=caption)
+            print(f"wrote {outs[name]}")
         return 0
 
+    out = check_output(Path(args.out) if args.out else run_dir / f"{args.command}.png")
     if args.command == "sample":
         imgs = generate.sample_images(model, args.n, args.temperature, args.z_temperature)
         nrow = max(1, int(round(args.n ** 0.5)))
+        caption = [f"{args.n} samples: local code at temperature {args.temperature:g}"
+                   + (f", global code z at {args.z_temperature:g}" if model.hybrid else "")]
     elif args.command == "swap":
         imgs, nrow = generate.swap_grid(model, _test_images(cfg, model, args.first, args.n))
+        caption = ["Swap: each row keeps the local code (eps) of the image in the left column; each column takes "
+                   "the global code z of the image in the top row. Diagonal: an image with its own codes."]
     elif args.command == "reconstruct":
         imgs, nrow = generate.reconstruct_grid(model, _test_images(cfg, model, args.first, args.n))
+        caption = ["Per row: a test image, its reconstruction, then the same local code (eps) with the global "
+                   "code z drawn from the prior: what changes is what z controls."]
     else:  # interpolate
         x = _test_images(cfg, model, args.first, 2 * args.pairs)
         imgs, nrow = generate.interpolate_grid(model, x[: args.pairs], x[args.pairs :], args.steps)
-    out = Path(args.out) if args.out else run_dir / f"{args.command}.png"
-    save_grid(imgs.cpu(), out, nrow=nrow)
+        caption = [("Per pair (a, b), three rows from a (left) to b (right): z moves with a's eps; eps moves "
+                    "with a's z; both move." if model.hybrid else "Per pair, the local code eps moves from a (left) to b (right).")]
+    save_grid(imgs.cpu(), out, nrow=nrow, caption=None if args.no_labels else caption)
     print(f"wrote {out}")
     return 0
 

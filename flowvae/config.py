@@ -80,7 +80,8 @@ class TrainConfig:
     eval_every: int = 1000
     eval_images: int = 1000         # test images for the periodic evaluation
     seed: int = 0
-    threads: int = 0                # torch CPU threads (0 = torch's default)
+    threads: int = 0                # torch CPU threads: 0 = auto (1, robust on a busy machine; README), -1 = torch's default
+    max_skip_fraction: float = 0.5  # stop when more than this share of a run's steps had a non-finite loss (1 = never)
     precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast; log-dets, priors, KL and loss stay float32)
     grad_accum: int = 1             # micro-batches per step per process; batch_size stays the global batch
     kl_warmup_steps: int = 0        # the training loss's KL weight ramps linearly from 0 to model.kl_beta over these steps
@@ -149,10 +150,33 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+# Names people reach for that are spelled differently here (difflib cannot guess these).
+_ALIASES = {"learning_rate": "lr", "learningrate": "lr", "num_threads": "threads", "steps": "max_steps",
+            "epochs": "max_steps", "iterations": "max_steps", "batch": "batch_size", "bs": "batch_size",
+            "clamp": "coupling_clamp", "zdim": "z_dim", "latent_dim": "z_dim", "bits": "n_bits",
+            "channels": "image_channels", "size": "image_size", "dataset_name": "dataset", "path": "root",
+            "data_dir": "root", "minutes": "max_minutes", "precision_mode": "precision", "k_samples": "k"}
+
+
+def _section_keys(section: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(_SECTIONS[section]())}
+
+
 def _unknown(name: str, valid: Iterable[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
-    return ConfigError(f"unknown config key {where}{name!r}{hint}")
+    """'unknown config key train.learning_rate (did you mean 'lr'?)', with a hint that is itself valid."""
+    valid = sorted(valid)
+    alias = _ALIASES.get(name.lower())
+    close = [alias] if alias in valid else difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    section = where.rstrip(".")
+    if close:
+        hint = f" (did you mean {close[0]!r}?)"
+    elif section in _SECTIONS:  # the key may belong to another section: train.z_dim -> model.z_dim
+        homes = [s for s in _SECTIONS if name in _section_keys(s)]
+        hint = (f" (did you mean {homes[0]}.{name}?)" if homes
+                else f" (valid {section}.* keys: {', '.join(valid)})")
+    else:
+        hint = f" (valid: {', '.join(valid)})"
+    return ConfigError(f"unknown config key {where}{name}{hint}")
 
 
 def _set(section_obj: Any, section: str, key: str, value: Any) -> None:
@@ -179,13 +203,31 @@ def config_from_dict(d: dict) -> Config:
     return cfg
 
 
+def _check_overrides(overrides) -> list:
+    if overrides is None:
+        return []
+    if isinstance(overrides, (str, bytes)):
+        raise TypeError(f"overrides must be a list of 'section.key=value' strings, got the string {overrides!r}; "
+                        f"use overrides=[{overrides!r}]")
+    try:
+        items = list(overrides)
+    except TypeError:
+        raise TypeError(f"overrides must be a list of 'section.key=value' strings, got {type(overrides).__name__}") from None
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"each override must be a 'section.key=value' string, got {item!r}")
+    return items
+
+
 def apply_overrides(cfg: Config, overrides: Optional[Iterable[str]]) -> Config:
-    for item in overrides or []:
+    for item in _check_overrides(overrides):
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=5e-4")
         path, value = item.split("=", 1)
         if "." not in path:
-            raise ConfigError(f"override {item!r} must name a section, e.g. model.{path}={value}")
+            homes = [s for s in _SECTIONS if path in _section_keys(s)]
+            example = f"{homes[0]}.{path}={value}" if homes else f"train.lr={value}"
+            raise ConfigError(f"override {item!r} must name its section ({', '.join(_SECTIONS)}), e.g. {example}")
         section, key = path.split(".", 1)
         if section not in _SECTIONS:
             raise _unknown(section, _SECTIONS, "")
@@ -211,6 +253,11 @@ def load_config(path: Union[str, Path, None] = None, overrides: Optional[Iterabl
 
 
 def validate(cfg: Config) -> None:
+    for section in _SECTIONS:  # inf and nan are never meaningful settings (inf lr, inf clamp: every step skipped)
+        for f in dataclasses.fields(getattr(cfg, section)):
+            v = getattr(getattr(cfg, section), f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {v}")
     m = cfg.model
     choices = {"model.type": (m.type, ("hybrid", "glow")), "model.prior": (m.prior, ("normal", "flow")),
                "model.dequantization": (m.dequantization, ("uniform", "variational")),
@@ -257,7 +304,7 @@ def validate(cfg: Config) -> None:
     non_negative = {"train.checkpoint_every": t.checkpoint_every, "train.eval_every": t.eval_every,
                     "train.eval_images": t.eval_images, "train.max_minutes": t.max_minutes,
                     "train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
-                    "train.threads": t.threads, "eval.limit": e.limit, "data.limit_train": d.limit_train,
+                    "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
                     "model.free_bits": m.free_bits, "model.kl_beta": m.kl_beta,
                     "model.level_free_bits": m.level_free_bits, "train.kl_warmup_steps": t.kl_warmup_steps}
@@ -266,6 +313,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
     if not t.grad_clip > 0 or not math.isfinite(t.grad_clip):
         raise ConfigError(f"train.grad_clip must be a finite number > 0 (the max gradient norm), got {t.grad_clip}")
+    if t.threads < -1:
+        raise ConfigError(f"train.threads must be 0 (auto: 1 thread), -1 (torch's default) or a count, got {t.threads}")
+    if not 0 <= t.max_skip_fraction <= 1:
+        raise ConfigError(f"train.max_skip_fraction must be in [0, 1] (1 = never stop), got {t.max_skip_fraction}")
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} (the global batch) must be divisible by train.grad_accum={t.grad_accum}")
     if not 0 <= t.ema_decay < 1:

@@ -2,7 +2,7 @@
 
 It works at the resolutions of the Glow levels (H/2, H/4, ...), so its feature maps line up with the
 resolutions the Glow levels act at; ``features(x)`` returns them keyed by
-height (VDVAE style), ready for per-level spatial latents (design.md section 3).
+height (VDVAE style), ready for per-level spatial latents (hierarchical.py).
 """
 from __future__ import annotations
 

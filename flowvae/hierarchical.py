@@ -1,4 +1,4 @@
-"""Hierarchical latent injection (design.md section 3; report section 6, Figure 5).
+"""Hierarchical latent injection (the research idea of section 6 and Figure 5 of G. Gupta, "Autoencoders", IIT Delhi report).
 
 With ``model.injection: hierarchical`` every Glow level l gets its own small
 spatial stochastic latent ``z_l`` of shape [hier_channels, H_l, W_l], at the

@@ -2,7 +2,7 @@
 
 Images are uint8 ``[N, C, H, W]`` tensors (0..255) at every public method; the
 model quantises them to ``n_bits`` internally. See objective.py for the bound
-and design.md for the conventions.
+and the README for the conventions.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig, config_from_dict
+from .config import Config, ModelConfig, config_from_dict
 from .dequantization import UniformDequantizer, VariationalDequantizer
 from .encoder import Encoder
 from .flows import ConditionalGlow, data_dependent_init, standard_normal_logprob
@@ -58,9 +58,14 @@ class FlowVAE(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
 
     @classmethod
-    def from_config(cls, cfg: Union[ModelConfig, dict]) -> "FlowVAE":
+    def from_config(cls, cfg: Union[ModelConfig, Config, dict]) -> "FlowVAE":
+        if isinstance(cfg, Config):
+            cfg = cfg.model
         if isinstance(cfg, dict):
             cfg = config_from_dict({"model": cfg}).model
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"from_config takes a model config (load_config(...).model, a Config, or a dict of "
+                            f"model.* keys such as {{'type': 'hybrid'}}), got {type(cfg).__name__} {cfg!r}")
         return cls(cfg)
 
     @property
@@ -89,6 +94,32 @@ class FlowVAE(nn.Module):
         if self.n_bits < 8:
             x = torch.div(x, 2 ** (8 - self.n_bits), rounding_mode="floor")
         return x.float()
+
+    def _require_initialized(self, what: str) -> None:
+        if not bool(self.initialized):
+            raise RuntimeError(f"{what} on a model that was never initialised: call model.initialize(x) once on a "
+                               f"large batch of training images (or load a trained model with load_checkpoint)")
+
+    @staticmethod
+    def _check_count(value, name: str, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be >= {minimum} and an integer, got {value!r}")
+        return value
+
+    @staticmethod
+    def _check_temperature(value, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0 (Glow samples at 0.7), got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def _check_code(t, name: str, what: str) -> None:
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            hint = " (images? decode takes codes: use decode(*encode(x)))" if isinstance(t, Tensor) and t.dtype == torch.uint8 else ""
+            raise TypeError(f"{name} must be a float tensor, {what}; got {got}{hint}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
 
     def _to_uint8(self, x_int: Tensor) -> Tensor:
         return (x_int.to(torch.int32) * 2 ** (8 - self.n_bits)).to(torch.uint8)
@@ -180,6 +211,7 @@ class FlowVAE(nn.Module):
         kl_beta / free_bits / level_free_bits and the warm-up factor ``kl_weight`` applied to the KL)
         and per-image 'elbo_bpd', 'flow_bpd', 'kl_bpd', 'dequant_bpd', 'kl_nats' (and 'z_mean', the
         posterior mean, for a hybrid). The per-image terms are always the true bound."""
+        self._require_initialized("loss")
         x_int = self._prepare(x)
         t = self._terms(x_int)
         out = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl"], self.num_dims, self.n_bits)
@@ -212,8 +244,9 @@ class FlowVAE(nn.Module):
     def log_prob(self, x: Tensor, k: int = 1, chunk: int = 256) -> Tensor:
         """Per-image estimate of log P(x) in nats (a lower bound): k=1 the ELBO, k>1 the
         importance-weighted bound logsumexp_k(log w_k) - log k over k draws of (z, u)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        self._check_count(k, "k")
+        self._check_count(chunk, "chunk")
+        self._require_initialized("log_prob")
         x_int = self._prepare(x)
         n = x_int.shape[0]
         const = self.num_dims * self.n_bits * LN2
@@ -252,6 +285,7 @@ class FlowVAE(nn.Module):
         """Deterministic codes: z = posterior mean of the VAE code [N, code_dim] (None for a flow-only
         model; for the hierarchical variant [z, z_0, ..., z_{L-1}] flattened, see split_code), and the
         local code eps (float [N, C, H, W]) with u at the centre of each bin."""
+        self._require_initialized("encode")
         with torch.autocast(self.device.type, enabled=False):  # exact codes even under bf16/fp16 autocast
             t = self._terms(self._prepare(x), deterministic=True)
         return t["z"], t["eps"]
@@ -259,6 +293,9 @@ class FlowVAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: Optional[Tensor], eps: Tensor) -> Tensor:
         """Invert the flow and quantise: uint8 images. decode(*encode(x)) == x."""
+        self._check_code(eps, "eps", "the local code from encode()")
+        if z is not None:
+            self._check_code(z, "z", "the code from encode() or sample_code()")
         if not isinstance(eps, Tensor) or eps.dim() != 4:
             raise ValueError(f"eps must be a float tensor [N, {', '.join(map(str, self.image_shape))}]")
         eps = eps.to(self.device, torch.float32)
@@ -279,6 +316,9 @@ class FlowVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, z_temperature: float = 1.0) -> Tensor:
         """n uint8 samples: z ~ p(z) at z_temperature, eps ~ N(0, temperature^2 I)."""
+        self._check_count(n, "n")
+        self._check_temperature(temperature, "temperature")
+        self._check_temperature(z_temperature, "z_temperature")
         with torch.autocast(self.device.type, enabled=False):  # z from the prior in float32, like decode
             z = self.sample_code(n, z_temperature) if self.hybrid else None
         eps = temperature * torch.randn(n, *self.image_shape, device=self.device)
@@ -293,6 +333,7 @@ class FlowVAE(nn.Module):
         with a top-down prior z_l is drawn given the held z_{l+1} (or z)."""
         if not self.hybrid:
             raise ValueError("resample_level needs latent codes: this is a flow-only (model.type=glow) model")
+        self._check_temperature(temperature, "temperature")
         code, eps = self.encode(x)
         return self.decode(self.resample_code(code, level, temperature, noise, generator), eps)
 
@@ -321,6 +362,8 @@ class FlowVAE(nn.Module):
         """Images with the local code of x_local and the global code of x_global (same N)."""
         if not self.hybrid:
             raise ValueError("swap needs a global code: this is a flow-only (model.type=glow) model")
+        self._prepare(x_local, "x_local")
+        self._prepare(x_global, "x_global")
         if x_local.shape[0] != x_global.shape[0]:
             raise ValueError(f"x_local and x_global must hold the same number of images "
                              f"({x_local.shape[0]} vs {x_global.shape[0]})")

@@ -1,4 +1,4 @@
-"""The bound and its bits-per-dimension accounting (design.md sections 1-2).
+"""The bound and its bits-per-dimension accounting (README, "The model and the bound").
 
 All quantities here are per image, in float32 or better. With
 ``y = (x + u) / 2^b`` and D = C*H*W:

@@ -6,9 +6,21 @@ no_grad (an optimizer-style update that bumps the parameters' version counters).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+
+# Single-threaded tests: tiny tensors gain nothing from threads, and on a busy machine torch's default
+# (a thread per core) makes every step many times slower (README, "A busy machine"). Subprocesses
+# (CLI, torchrun) inherit OMP_NUM_THREADS.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+# Subprocesses (scripts/*.py, torchrun workers) import this checkout's flowvae, whatever is installed.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 from flowvae import FlowVAE, load_config
 
@@ -68,12 +80,16 @@ def single_thread():
 
 @pytest.fixture
 def make_model():
-    """make_model(*overrides, seed=0, z_path_std=None) -> a tiny FlowVAE (TINY + overrides).
+    """make_model(*overrides, seed=0, z_path_std=None, initialized=True) -> a tiny FlowVAE (TINY + overrides),
+    marked initialised unless initialized=False.
     With z_path_std, the glow's zero-initialised parts are randomised so z really conditions the flow."""
 
-    def make(*overrides: str, seed: int = 0, z_path_std=None) -> FlowVAE:
+    def make(*overrides: str, seed: int = 0, z_path_std=None, initialized: bool = True) -> FlowVAE:
         torch.manual_seed(seed)
         model = FlowVAE(load_config(None, overrides=TINY + list(overrides)).model)
+        # The maths checked with these models do not depend on ActNorm's data-dependent init, which
+        # loss / encode otherwise require; tests of initialize() pass initialized=False.
+        model.initialized.fill_(initialized)
         if z_path_std is not None:
             randomize_(model.glow, z_path_std, seed=seed, only=is_z_path)
         return model

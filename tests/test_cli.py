@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -54,13 +55,21 @@ def test_evaluate(tiny_run, capsys):
     ("interpolate", ["--pairs", "2", "--steps", "5"]),
 ])
 def test_image_commands(tiny_run, tmp_path, cmd, extra):
-    out = tmp_path / f"{cmd}.png"
+    out, plain = tmp_path / f"{cmd}.png", tmp_path / f"{cmd}_plain.png"
     assert main([cmd, "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(out), *extra]) == 0
-    with Image.open(out) as im:
-        w, h = im.size
+    assert main([cmd, "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(plain), "--no-labels", *extra]) == 0
     # grid tiles are 28 px shown at 2x (56 px) + 2 px padding
     rows_cols = {"sample": (3, 3), "swap": (5, 5), "reconstruct": (3, 9), "interpolate": (6, 5)}[cmd]
-    assert (h, w) == (2 + 58 * rows_cols[0], 2 + 58 * rows_cols[1])
+    with Image.open(plain) as im:
+        grid = np.asarray(im.convert("L"))
+    assert grid.shape == (2 + 58 * rows_cols[0], 2 + 58 * rows_cols[1])
+    # labelled: the same grid under a caption band with dark text that says which row / column is which
+    with Image.open(out) as im:
+        labelled = np.asarray(im.convert("L"))
+    band = labelled.shape[0] - grid.shape[0]
+    assert labelled.shape[1] == grid.shape[1] and band >= 12
+    assert (labelled[band:] == grid).all()
+    assert (labelled[:band] < 100).sum() > 30
 
 
 def test_scripts_wrapper(tiny_run, tmp_path):

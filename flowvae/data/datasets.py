@@ -171,6 +171,28 @@ def _list_images(folder: Path) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
+def _validate_images(files: list[Path], resize: bool, where: str) -> None:
+    """Decode every image once, up front: a corrupt file fails now, naming it, not mid-training after a
+    checkpoint. Without data.image_size all images must have one size (nothing is silently resized)."""
+    from PIL import Image
+
+    sizes: dict[tuple[int, int], list[Path]] = {}
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                sizes.setdefault((im.height, im.width), []).append(path)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e).strip()[:200]}). "
+                            f"Remove or replace the file.") from None
+    if len(sizes) > 1 and not resize:
+        common = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+        listing = "; ".join(f"{h}x{w}: {len(ps)} (e.g. {ps[0].name})" for (h, w), ps in common[:4])
+        (h, _), _ = common[0]
+        raise DataError(f"{where} holds images of {len(sizes)} different sizes (HxW: {listing}). Set data.image_size "
+                        f"(e.g. data.image_size={h}) to resize them all to one square size, or make them equal.")
+
+
 def _folder(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
     if not cfg.root:
         raise DataError("data.dataset=folder needs data.root=PATH (a folder of images, or with train/ and test/ inside)")
@@ -190,6 +212,8 @@ def _folder(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
         n_test = max(1, int(round(cfg.test_fraction * len(files))))
         keep = perm[:n_test] if split == "test" else perm[n_test:]
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    if files:
+        _validate_images(files, size is not None, f"image folder {root} ({split})")
     return FileImages(files, labels, channels, size, f"folder {root} ({split})")
 
 
@@ -268,7 +292,7 @@ def iterate_batches(ds: Dataset, batch_size: int, shuffle: bool = False, seed: i
             indices = torch.randperm(n, generator=g)
         else:
             indices = torch.arange(n)
-    batches = list(torch.split(indices, batch_size))
+    batches = [b for b in torch.split(indices, batch_size) if len(b)]  # split() of no indices gives one empty batch
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches = batches[:-1]
     batches = batches[start_batch:]

@@ -27,11 +27,22 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
-
 from ..data import iterate_batches
 from ..model import FlowVAE
 from ..objective import LN2
+from ..runtime import Progress
+
+
+def _steps(items, desc: str, progress: bool, unit: str = "batch"):
+    """Iterate ``items`` with a progress report (a bar on a terminal, plain lines in a log)."""
+    items = list(items)
+    bar = Progress(total=len(items), desc=desc, unit=unit, enabled=progress, leave=False)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
 
 ACTIVE_VAR = 0.01
 
@@ -84,7 +95,7 @@ def train_classifier(train_ds, test_ds, epochs: int = 3, batch_size: int = 128, 
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
     steps = epochs * (len(train_ds) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 1))
-    bar = tqdm(total=steps, desc="classifier", unit="step", disable=not progress, leave=False)
+    bar = Progress(total=steps, desc="classifier", unit="steps", enabled=progress, leave=False)
     clf.train()
     for epoch in range(epochs):
         for x, y in iterate_batches(train_ds, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
@@ -93,8 +104,8 @@ def train_classifier(train_ds, test_ds, epochs: int = 3, batch_size: int = 128, 
             loss.backward()
             opt.step()
             sched.step()
+            bar.set_postfix_str(f"loss {loss.item():.3f}")
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     x_test, y_test = _images(test_ds, len(test_ds))
     acc = (clf.predict(x_test) == y_test).float().mean().item()
@@ -109,7 +120,9 @@ def load_or_train_classifier(path: Optional[Path], train_ds, test_ds, epochs: in
             clf = SmallCNN(state["meta"]["channels"], state["meta"]["classes"], tuple(state["meta"]["image_size"]))
             clf.load_state_dict(state["weights"])
         except Exception as e:  # a truncated or foreign file must not be half-used
-            raise ValueError(f"{path}: not a flowvae analyze classifier ({type(e).__name__}: {e}); delete it to retrain") from None
+            from ..checkpoint import _why_unreadable
+
+            raise ValueError(f"{path}: not a flowvae analyze classifier ({_why_unreadable(e)}); delete it to retrain") from None
         x_test, y_test = _images(test_ds, len(test_ds))
         return clf.eval(), (clf.predict(x_test) == y_test).float().mean().item(), f"loaded {path}"
     clf, acc = train_classifier(train_ds, test_ds, epochs, seed=seed, progress=progress)
@@ -177,7 +190,7 @@ def local_detail(x_uint8: Tensor) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def _codes(model: FlowVAE, x: Tensor, batch: int, desc: str, progress: bool) -> tuple[Optional[Tensor], Tensor]:
     zs, es = [], []
-    for i in tqdm(range(0, x.shape[0], batch), desc=desc, disable=not progress, leave=False):
+    for i in _steps(range(0, x.shape[0], batch), desc, progress):
         z, eps = model.encode(x[i : i + batch])
         es.append(eps.flatten(1).cpu())
         if z is not None:
@@ -195,7 +208,7 @@ def _swaps(model: FlowVAE, xa: Tensor, xb: Tensor, z_only: bool, batch: int, pro
     """swap(x_local=A, x_global=B); with ``z_only`` (hierarchical) only the global z comes from B and
     the level latents z_l stay A's."""
     out = []
-    for i in tqdm(range(0, xa.shape[0], batch), desc="swaps", disable=not progress, leave=False):
+    for i in _steps(range(0, xa.shape[0], batch), "swaps", progress):
         a, b = xa[i : i + batch], xb[i : i + batch]
         if not z_only:
             out.append(model.swap(a, b).cpu())
@@ -239,7 +252,7 @@ def group_effects(model: FlowVAE, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor
     bright_b, tex_b = local_detail(xb)
     swaps, resamples = {}, {}
     g = torch.Generator(device=code_a.device).manual_seed(seed)
-    for name, sl in tqdm(groups.items(), desc="swap/resample per group", disable=not progress, leave=False):
+    for name, sl in _steps(list(groups.items()), "swap/resample per group", progress, unit="group"):
         mixed = code_a.clone()
         mixed[:, sl] = code_b[:, sl]
         s = _decode(model, mixed, eps_a, batch)
@@ -306,7 +319,7 @@ def analyze(model: FlowVAE, train_ds, test_ds, classifier: Optional[Path] = None
                 for name, sl in groups.items():
                     if name != "global":
                         feats[name] = (ztr[:, sl], zte[:, sl])
-        for name, (a, b) in tqdm(feats.items(), desc="linear probes", disable=not progress, leave=False):
+        for name, (a, b) in _steps(feats.items(), "linear probes", progress, unit="probes"):
             res[f"probe_acc_{name}"] = linear_probe(a, ytr, b, yte)
         res["probe_images"] = {"train": int(xtr.shape[0]), "test": int(xte.shape[0])}
 

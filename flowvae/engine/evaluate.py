@@ -20,11 +20,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
-
 from ..data import iterate_batches
 from ..model import FlowVAE
 from ..objective import nats_to_bpd
+from ..runtime import Progress
 from . import distributed as D
 
 TERMS = ("elbo_bpd", "flow_bpd", "kl_bpd", "dequant_bpd", "kl_nats")
@@ -67,6 +66,12 @@ def _batch_stats(model: FlowVAE, x: Tensor, k: int) -> tuple[dict[str, Tensor], 
     return sums, rows
 
 
+def round_images(batches: list[Tensor], b: int, world: int) -> int:
+    """Images the ranks evaluate in the round where this rank does batch ``b``: batches b .. b+W-1 (the
+    last round may be short), so rank 0's bar counts every image once whatever the number of ranks."""
+    return sum(len(batches[j]) for j in range(b, min(b + world, len(batches))))
+
+
 def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, progress: bool, seed: Optional[int],
               info: D.DistInfo) -> dict:
     if limit < 0 or k < 1:
@@ -80,7 +85,7 @@ def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, prog
     rows: dict[str, list[Tensor]] = {}
     row_pos: list[int] = []
     start = time.time()
-    bar = tqdm(total=n, desc=f"evaluate (k={k})", unit="img", disable=not (progress and info.is_main), leave=False)
+    bar = Progress(total=n, desc=f"evaluate (k={k})", unit="img", enabled=progress and info.is_main, leave=False)
     done = 0
     mine_idx = torch.cat([batches[b] for b in mine]) if mine else torch.zeros(0, dtype=torch.long)
     for b, (x, _) in zip(mine, iterate_batches(dataset, batch_size, indices=mine_idx)):
@@ -92,8 +97,8 @@ def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, prog
             rows.setdefault(name, []).append(r)
         row_pos.extend(batches[b].tolist())
         done += x.shape[0]
-        bar.update(x.shape[0] * info.world_size)
-        bar.set_postfix(elbo_bpd=f"{batch_sums[:, 0].sum().item() / max(done, 1):.4f}")
+        bar.set_postfix_str(f"elbo_bpd {batch_sums[:, 0].sum().item() / max(done, 1):.4f} (rank 0)")
+        bar.update(round_images(batches, b, info.world_size))
     bar.close()
     batch_sums = D.gather_rows(batch_sums[mine], mine, len(batches), info) if info.enabled else batch_sums
     totals = batch_sums.sum(0).tolist()  # summed in batch order: identical for any number of processes

@@ -45,6 +45,7 @@ KL and loss stay float32 (see flows/base.py). fp16 uses a gradient scaler.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import inspect
@@ -57,28 +58,27 @@ from typing import Optional
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
-from ..checkpoint import read_checkpoint, save_checkpoint
-from ..config import Config, config_from_dict
+from ..checkpoint import CheckpointError, checkpoint_config, read_checkpoint, save_checkpoint
+from ..config import Config
 from ..data import iterate_batches, load_dataset
 from ..model import FlowVAE
 from ..visualize import grid
 from . import distributed as D
 from .evaluate import evaluate, model_terms, write_json
 from .generate import reconstruct_grid, resample_level_grid, sample_images, swap_grid
+from ..runtime import Progress, _clock, apply_threads, check_output, resolve_device  # noqa: F401 (re-exported)
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DDP_ARGS = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+class TrainingError(RuntimeError):
+    """Training cannot usefully go on (e.g. most steps are skipped as non-finite)."""
+
+
+# A run stops when more than train.max_skip_fraction of its steps were skipped, judged from this many steps on.
+SKIP_CHECK_AFTER = 10
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -170,6 +170,42 @@ def _log_images(writer, model: FlowVAE, test_x: torch.Tensor, step: int) -> None
             writer.add_image(f"images/resample_level{lvl}", grid(g, nrow=n), step)
 
 
+def _summary(cfg: Config, out: Path, model: FlowVAE, n_train: int, n_test: int, data_name: str, dev: torch.device,
+             threads: int, world: int, resume: bool) -> None:
+    """One block at the start: what is trained on what, where, and where the results go."""
+    t, m = cfg.train, cfg.model
+    params = sum(p.numel() for p in model.parameters())
+    kind = "flow-only Glow" if m.type == "glow" else f"hybrid (VAE + conditional Glow, {m.injection} injection)"
+    how = {0: "auto", -1: "torch's default"}.get(t.threads, "train.threads")
+    where = f"{dev}" + (f", {threads} CPU thread{'s' if threads != 1 else ''} ({how})" if dev.type == "cpu" else "")
+    budget = f"{t.max_steps} steps" + (f" or {t.max_minutes:g} min of training steps" if t.max_minutes > 0 else "")
+    every = f", every {t.checkpoint_every} steps" if t.checkpoint_every else ""
+    c, h, w = model.image_shape
+    print("\n".join([
+        f"flowvae train ({'resuming' if resume else 'new run'}): {kind}, {params:,} parameters, {m.levels} levels x {m.steps} steps",
+        f"  data        {data_name}: {n_train:,} train / {n_test:,} test images ({c}x{h}x{w}, {m.n_bits}-bit)",
+        f"  device      {where}{f', {world} processes' if world > 1 else ''}",
+        f"  precision   {t.precision}, batch {t.batch_size}, lr {t.lr:g}, budget {budget} (whichever first)",
+        f"  checkpoint  {out / 'checkpoint.pt'}{every} (continue with --resume)",
+        f"  tensorboard tensorboard --logdir {out / 'tb'}",
+    ]), flush=True)
+
+
+def _show_progress(bar: Progress, recent, step: int, max_steps: int, seconds_left: float, skipped: int) -> None:
+    """Steps, the running bpd of the last steps, images/s and the ETA (whichever budget ends first)."""
+    losses = [b for b, _, _ in recent if b is not None]
+    seconds = sum(s for _, _, s in recent)
+    per_step = seconds / max(len(recent), 1)
+    steps_left = max_steps - step
+    if math.isfinite(seconds_left) and per_step > 0:
+        steps_left = min(steps_left, max(0, int(seconds_left / per_step)))
+        bar.set_total(step + steps_left)
+    text = (f"bpd {sum(losses) / len(losses):.3f}" if losses else "bpd nan") + \
+        f", {sum(n for _, n, _ in recent) / max(seconds, 1e-9):.0f} img/s, ETA {_clock(steps_left * per_step)}"
+    bar.set_postfix_str(text + (f", skipped {skipped}" if skipped else ""))
+    bar.update(1)
+
+
 def train(cfg: Config, out: str | Path, device: str = "auto", resume: bool = False, progress: bool = True) -> dict:
     """Train (or, with ``resume``, continue) a run in ``out``; returns the final evaluation (on every rank).
     Under torchrun, or inside a process group the caller initialised, this process is one rank of a
@@ -195,7 +231,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
             raise FileExistsError(f"{out} already holds a run (checkpoint.pt). Pass --resume to continue it, "
                                   f"or choose another --out.")
         state = read_checkpoint(ckpt_path)
-        saved = config_from_dict(state["config"])
+        saved = checkpoint_config(state, ckpt_path)
         # These decide the weights' shapes, the optimiser state or the data order: changing them mid-run
         # would silently repeat or skip data, or fail later. lr, warm-up, budgets, logging, precision,
         # grad_accum and the number of processes may change.
@@ -213,11 +249,10 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     if t.precision == "fp16" and dev.type == "cpu":
         say("note: train.precision=fp16 on CPU runs (torch autocast supports it) but is usually slower than fp32; "
             "bf16 is the reduced precision CPUs accelerate")
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    threads = apply_threads(t.threads)
     torch.manual_seed(t.seed)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        check_output(out, "--out", is_dir=True)  # before loading data or building the model
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     train_ds = load_dataset(cfg.data, cfg.model, "train")
@@ -225,6 +260,12 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     batches_per_epoch = len(train_ds) // t.batch_size
     if batches_per_epoch == 0:
         raise ValueError(f"train.batch_size={t.batch_size} is larger than the training set ({len(train_ds)} images)")
+    if t.init_batch_size > len(train_ds):
+        say(f"note: train.init_batch_size={t.init_batch_size} is larger than the training set; the data-dependent "
+            f"init uses all {len(train_ds)} images")
+    eval_images = min(t.eval_images, len(test_ds)) if t.eval_images else len(test_ds)
+    if t.eval_images > len(test_ds):
+        say(f"note: train.eval_images={t.eval_images} is larger than the test set; evaluating on all {len(test_ds)} images")
 
     model = FlowVAE.from_config(cfg.model).to(dev)
     logged = model_terms(model)  # the bound's terms, plus each latent group's KL for a hierarchical model
@@ -284,20 +325,33 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         })
 
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+    timed = math.isfinite(budget)
+    if main:
+        _summary(cfg, out, model, len(train_ds), len(test_ds), getattr(train_ds, "name", cfg.data.dataset), dev,
+                 threads, world, resume=state is not None)
+    if step >= t.max_steps or train_seconds >= budget:
+        used = (f"train.max_minutes={t.max_minutes:g}: {train_seconds / 60:.1f} min trained" if train_seconds >= budget
+                else f"train.max_steps={t.max_steps}")
+        more = (f"train.max_minutes={2 * t.max_minutes:g}" if train_seconds >= budget else f"train.max_steps={2 * t.max_steps}")
+        say(f"this run has already used its budget ({used}, step {step}): nothing to train, only the final "
+            f"evaluation. To train on, raise the budget: flowvae train --out {out} --resume {more}")
     writer = SummaryWriter(str(out / "tb")) if main else None
     test_x = test_ds[torch.arange(min(len(test_ds), 36))][0].to(dev)
     window = {"images": 0, "seconds": 0.0}
-    # With a wall-clock budget the bar counts budget seconds (its ETA is then the real end), else steps.
-    timed = math.isfinite(budget)
-    bar = tqdm(total=round(budget) if timed else t.max_steps, initial=round(train_seconds) if timed else step,
-               desc="train", unit="s" if timed else "step", disable=not (progress and main), dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]" if timed else None)
+    # The bar counts steps; with a wall-clock budget its total is the step count the budget is expected to
+    # allow at the recent speed. bpd, images/s and the ETA are over the last steps (this rank's batches).
+    bar = Progress(total=t.max_steps, desc="train", unit="steps", enabled=progress and main,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar}| [{elapsed}{postfix}]", initial=step)
+    recent = collections.deque(maxlen=20)  # (bpd or None, images, seconds) of the last steps
+    run_steps = run_skipped = 0
     amp = autocast_context(t.precision, dev)
     stop_agreed = False
     model.train()
     with _Stop() as stop:
         try:
             while step < t.max_steps and train_seconds < budget and not stop_agreed:
+                if batch_in_epoch >= batches_per_epoch:  # a checkpoint taken on an epoch's last batch
+                    epoch, batch_in_epoch = epoch + 1, 0
                 idx = D.rank_indices(len(train_ds), t.batch_size, t.seed, epoch, rank, world, start_batch=batch_in_epoch)
                 for x, _ in iterate_batches(train_ds, t.batch_size // world, indices=idx, workers=cfg.data.workers):
                     tic = time.perf_counter()
@@ -305,7 +359,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                     chunks = x.split(micro)
                     # KL warm-up (Sonderby et al. 2016, Ladder VAE): the training loss's KL weight ramps 0 -> 1.
                     kl_weight = min(1.0, (step + 1) / t.kl_warmup_steps) if t.kl_warmup_steps else 1.0
-                    local_finite, sums, loss_sum = True, {key: 0.0 for key in logged}, 0.0
+                    local_finite, sums, loss_sum, step_bpd = True, {key: 0.0 for key in logged}, 0.0, 0.0
                     logging = step + 1 == 1 or (step + 1) % t.log_every == 0
                     for i, xm in enumerate(chunks):
                         torch.manual_seed(D.step_seed(t.seed, step, rank * len(chunks) + i))
@@ -316,6 +370,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                             loss = out_d["loss"] / len(chunks)
                             finite = bool(torch.isfinite(loss))
                             local_finite &= finite
+                            step_bpd += loss.item() if finite else 0.0
                             # Under DDP every rank must run every backward (the all-reduce is in it); a
                             # non-finite loss then poisons the reduced gradients and the step is skipped.
                             if finite or ddp is not None:
@@ -348,12 +403,21 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                     train_seconds += dt
                     window["images"] += x.shape[0] * world
                     window["seconds"] += dt
-                    bar.update(min(dt, budget - bar.n) if timed else 1)
+                    run_steps += 1
+                    run_skipped += bad
+                    recent.append((None if bad else step_bpd, x.shape[0] * world, dt))
+                    if bar.enabled:
+                        _show_progress(bar, recent, step, t.max_steps, budget - train_seconds, skipped)
+                    if run_steps >= SKIP_CHECK_AFTER and run_skipped > t.max_skip_fraction * run_steps:
+                        raise TrainingError(
+                            f"stopping at step {step}: {run_skipped} of this run's {run_steps} steps had a non-finite "
+                            f"loss or gradient norm and were skipped (more than train.max_skip_fraction="
+                            f"{t.max_skip_fraction:g}). The model is diverging: lower train.lr (now {t.lr:g}), raise "
+                            f"train.warmup_steps, or lower model.coupling_clamp; the checkpoint keeps the last good weights")
                     if logging:
                         vals = torch.tensor([loss_sum, *sums.values()], dtype=torch.float64, device=dev)
                         vals = D.all_reduce(vals, info, "mean").tolist()
                         if main:
-                            bar.set_postfix(step=step, bpd=f"{vals[1]:.3f}", skipped=skipped)
                             for key, v in zip(logged, vals[1:]):
                                 writer.add_scalar(f"train/{key}", v, step)
                             writer.add_scalar("train/loss", vals[0], step)
@@ -365,14 +429,14 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                                 writer.add_scalar("train/loss_scale", scaler.get_scale(), step)
                         window = {"images": 0, "seconds": 0.0}
                     if t.eval_every and step % t.eval_every == 0:
-                        res = evaluate(ema.model, test_ds, k=1, batch_size=cfg.eval.batch_size, limit=t.eval_images,
+                        res = evaluate(ema.model, test_ds, k=1, batch_size=cfg.eval.batch_size, limit=eval_images,
                                        progress=False, seed=t.seed, dist_info=info)
                         if main:
                             for key, v in res.items():
                                 if key in logged or key.startswith("active_units"):
                                     writer.add_scalar(f"eval/{key}", v, step)
                             _log_images(writer, ema.model, test_x, step)
-                            tqdm.write(f"step {step}: test elbo_bpd {res['elbo_bpd']:.4f} ({res['images']} images, EMA)")
+                            bar.write(f"step {step}: test elbo_bpd {res['elbo_bpd']:.4f} ({res['images']} images, EMA)")
                     if t.checkpoint_every and step % t.checkpoint_every == 0:
                         checkpoint()
                     if step >= t.max_steps or train_seconds >= budget or stop_agreed:
@@ -386,13 +450,19 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                 writer.close()
             say(f"stopped at once by a second Ctrl-C; {ckpt_path} holds the last periodic checkpoint")
             raise
-        except Exception:
+        except Exception as exc:
             # A crash mid-run (a corrupt file read lazily, out of memory, a lost peer process, ...) keeps the
             # last finished step: the counters move only after the optimiser step, so they match the weights.
             bar.close()
             if writer:
                 writer.close()
-            checkpoint()
+            if isinstance(exc, CheckpointError):  # saving itself failed (disk full): trying again would too
+                raise
+            try:
+                checkpoint()
+            except CheckpointError as save_error:
+                say(f"training failed at step {step}, and {save_error}")
+                raise exc from None
             say(f"training failed at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)")
             raise
         bar.close()
@@ -403,7 +473,10 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
             say(f"interrupted at step {step}: checkpoint saved to {ckpt_path}; continue with --resume")
             return {"interrupted": True, "step": step}
 
-    res = evaluate(ema.model, test_ds, k=1, batch_size=cfg.eval.batch_size, limit=t.eval_images, progress=progress and main,
+    if run_skipped:
+        say(f"warning: {run_skipped} of this run's {run_steps} steps ({100 * run_skipped / run_steps:.0f}%) were skipped "
+            f"(non-finite loss or gradient norm); if this grows, lower train.lr or raise train.warmup_steps")
+    res = evaluate(ema.model, test_ds, k=1, batch_size=cfg.eval.batch_size, limit=eval_images, progress=progress and main,
                    seed=t.seed, dist_info=info)
     res.update(step=step, epochs=round(step / batches_per_epoch, 3), skipped_steps=skipped,
                train_minutes=round(train_seconds / 60, 2), world_size=world)

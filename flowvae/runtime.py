@@ -1,0 +1,199 @@
+"""What every command needs from the machine: the device, CPU threads, writable outputs and progress
+reports that suit a terminal as well as a log file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+
+class OutputError(OSError):
+    """An output path that cannot be written (raised before any work is done)."""
+
+
+# ---------------------------------------------------------------------------- device
+def resolve_device(name: Union[str, torch.device]) -> torch.device:
+    """``auto | cpu | cuda | cuda:N`` (or a torch.device) -> torch.device, with a clear error when it
+    cannot be used here."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    index = name[len("cuda:"):] if name.startswith("cuda:") else None
+    if name not in ("cpu", "cuda") and not (index is not None and index.isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name} was asked for but torch sees no CUDA device "
+                             f"(torch.cuda.is_available() is False); use --device cpu")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {name} was asked for but only {torch.cuda.device_count()} CUDA device(s) "
+                             f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------- threads
+def default_threads() -> int:
+    """Intra-op CPU threads when ``train.threads`` is 0 (auto): one.
+
+    Measured on a 2-core VM (README, "A busy machine"): with two other CPU-bound processes running,
+    torch's default (one thread per core) made the quickstart model's steps ~20-50x slower, because
+    every parallel region waits for its slowest thread and a descheduled thread stalls them all; one
+    thread lost only its share of the cores. On a quiet machine two threads gained little for models
+    of this size. Set ``train.threads=N`` (or -1 for torch's default) on a machine you have to yourself.
+    """
+    return 1
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's intra-op threads from a ``train.threads`` value (0 = auto, -1 = torch's default);
+    returns the number in use."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif threads == 0:
+        torch.set_num_threads(default_threads())
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------- outputs
+def _fail(option: str, path: Path, why: str) -> OutputError:
+    return OutputError(f"{option} {path}: {why}")
+
+
+def check_output(path: Union[str, Path], option: str = "--out", is_dir: bool = False) -> Path:
+    """Make sure ``path`` (a file, or a directory with ``is_dir``) can be written, before the work that
+    produces it: create its directory and write a probe file there. Raises OutputError naming
+    ``option`` and what to do."""
+    path = Path(path).expanduser()
+    folder = path if is_dir else path.parent
+    if not is_dir and path.is_dir():
+        raise _fail(option, path, "is a directory; give a file name")
+    for parent in [folder, *folder.parents]:  # a file where a folder must go
+        if parent.exists():
+            if not parent.is_dir():
+                raise _fail(option, path, f"{parent} is a file, not a directory; choose another {option}")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".flowvae-write-test-"):
+            pass
+    except OSError as e:
+        raise _fail(option, path, f"cannot write to {folder} ({e.strerror or e}); choose a writable {option}") from None
+    if path.exists() and not is_dir and not os.access(path, os.W_OK):
+        raise _fail(option, path, f"the file exists and is not writable; choose another {option}")
+    return path
+
+
+def describe_write_error(path: Union[str, Path], e: BaseException) -> str:
+    """A short reason for a failed write, saying when the disk is full (torch reports a full disk as
+    'unexpected pos ...' or 'PytorchStreamWriter failed writing file')."""
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    chain, seen = [], e
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    full = any(getattr(x, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for x in chain)
+    if full or (free is not None and free < 64 * 2**20):
+        where = f" ({free / 2**20:.1f} MB free on the disk holding {folder})" if free is not None else ""
+        return f"the disk is full{where}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+# ---------------------------------------------------------------------------- progress
+def _clock(seconds: float) -> str:
+    if not seconds == seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines when the output is not a terminal (FLOWVAE_PROGRESS_SECONDS)."""
+    try:
+        return max(0.0, float(os.environ.get("FLOWVAE_PROGRESS_SECONDS", "30")))
+    except ValueError:
+        return 30.0
+
+
+class Progress:
+    """A progress bar on a terminal; otherwise (a log file, nohup, Slurm, CI) one plain line every
+    ``interval`` seconds and one at the end, so logs are not flooded with carriage-return updates."""
+
+    def __init__(self, total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: bool = True,
+                 leave: bool = True, interval: Optional[float] = None, bar_format: Optional[str] = None,
+                 initial: int = 0):
+        self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.n, self.postfix = initial, ""
+        self.stream = sys.stderr
+        self.interval = progress_interval() if interval is None else interval
+        self.start = self._last = time.monotonic()
+        self.bar = None
+        self.lines = 0
+        if enabled and _isatty(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True, file=self.stream,
+                            bar_format=bar_format, initial=initial)
+
+    def set_total(self, total: Optional[int]) -> None:
+        self.total = total
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and time.monotonic() - self._last >= self.interval:
+            self._line()
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=sys.stdout, flush=True)
+
+    def _line(self) -> None:
+        self._last = time.monotonic()
+        count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {count} {self.unit} [{_clock(self._last - self.start)}{extra}]", file=self.stream, flush=True)
+        self.lines += 1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.enabled and self.n:
+            self._line()
+        self.enabled = False
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
