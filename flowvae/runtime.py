@@ -3,6 +3,7 @@ reports that suit a terminal as well as a log file.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -19,7 +20,19 @@ class OutputError(OSError):
     """An output path that cannot be written (raised before any work is done)."""
 
 
-# ---------------------------------------------------------------------------- device
+# ---------------------------------------------------------------------------- device and precision
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(precision: str, device: torch.device):
+    """The forward-pass context of ``train.precision`` (a no-op for fp32): coupling nets and the encoder
+    run in reduced precision; log-dets, priors, KL and the loss stay float32 (see flows/base.py)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def resolve_device(name: Union[str, torch.device]) -> torch.device:
     """``auto | cpu | cuda | cuda:N`` (or a torch.device) -> torch.device, with a clear error when it
     cannot be used here."""

@@ -62,7 +62,7 @@ def backend_for(device: torch.device) -> str:
 def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     """Initialise the process group if this process is one of several (torchrun, or a group the
     caller made), and choose this rank's device. ``device`` is ``auto | cpu | cuda | cuda:N``."""
-    from .train import resolve_device
+    from ..runtime import resolve_device
 
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()

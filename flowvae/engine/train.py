@@ -67,9 +67,9 @@ from ..visualize import grid
 from . import distributed as D
 from .evaluate import evaluate, model_terms, write_json
 from .generate import reconstruct_grid, resample_level_grid, sample_images, swap_grid
-from ..runtime import Progress, _clock, apply_threads, check_output, resolve_device  # noqa: F401 (re-exported)
+from ..runtime import (PRECISIONS, Progress, _clock, apply_threads, autocast_context, check_output,  # noqa: F401
+                       resolve_device)  # resolve_device, autocast_context, PRECISIONS: re-exported
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DDP_ARGS = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
 
 
@@ -79,14 +79,6 @@ class TrainingError(RuntimeError):
 
 # A run stops when more than train.max_skip_fraction of its steps were skipped, judged from this many steps on.
 SKIP_CHECK_AFTER = 10
-
-
-def autocast_context(precision: str, device: torch.device):
-    """The forward-pass context of ``train.precision`` (a no-op for fp32)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class EMA:
