@@ -176,7 +176,7 @@ def _summary(cfg: Config, out: Path, model: FlowVAE, n_train: int, n_test: int, 
     t, m = cfg.train, cfg.model
     params = sum(p.numel() for p in model.parameters())
     kind = "flow-only Glow" if m.type == "glow" else f"hybrid (VAE + conditional Glow, {m.injection} injection)"
-    how = {0: "auto", -1: "torch's default"}.get(t.threads, "train.threads")
+    how = {0: "auto", -1: "torch's default"}.get(t.threads, f"train.threads={t.threads}")
     where = f"{dev}" + (f", {threads} CPU thread{'s' if threads != 1 else ''} ({how})" if dev.type == "cpu" else "")
     budget = f"{t.max_steps} steps" + (f" or {t.max_minutes:g} min of training steps" if t.max_minutes > 0 else "")
     every = f", every {t.checkpoint_every} steps" if t.checkpoint_every else ""
