@@ -253,6 +253,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     torch.manual_seed(t.seed)
     if main:
         check_output(out, "--out", is_dir=True)  # before loading data or building the model
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     train_ds = load_dataset(cfg.data, cfg.model, "train")
