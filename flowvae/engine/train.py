@@ -326,7 +326,6 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         })
 
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-    timed = math.isfinite(budget)
     if main:
         _summary(cfg, out, model, len(train_ds), len(test_ds), getattr(train_ds, "name", cfg.data.dataset), dev,
                  threads, world, resume=state is not None)
