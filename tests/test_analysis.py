@@ -86,6 +86,7 @@ def test_analyze_end_to_end(runs, tmp_path, capsys):
     assert "not a flowvae analyze classifier" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_analyze_script_wrapper(runs, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), "--checkpoint", str(runs["glow"]),
                         "--out", str(tmp_path / "a.json"), *SMALL], capture_output=True, text=True, timeout=300)
