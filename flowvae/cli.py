@@ -186,11 +186,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # output problems the checks up front could not foresee (disk full mid-run, ...)
-        from .runtime import describe_write_error
+    except OSError as e:  # file problems the checks up front could not foresee (disk full mid-run, ...)
+        from .runtime import OutputError, describe_write_error
 
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"error:{where} {describe_write_error(e.filename or '.', e) if e.errno else e}", file=sys.stderr)
+        if isinstance(e, OutputError) or not e.errno:
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{describe_write_error(e.filename or '.', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

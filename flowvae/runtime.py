@@ -85,23 +85,20 @@ def _fail(option: str, path: Path, why: str) -> OutputError:
 
 def check_output(path: Union[str, Path], option: str = "--out", is_dir: bool = False) -> Path:
     """Make sure ``path`` (a file, or a directory with ``is_dir``) can be written, before the work that
-    produces it: create its directory and write a probe file there. Raises OutputError naming
-    ``option`` and what to do."""
+    produces it: write a probe file in the nearest folder of it that exists (nothing is created).
+    Raises OutputError naming ``option`` and what to do."""
     path = Path(path).expanduser()
     folder = path if is_dir else path.parent
     if not is_dir and path.is_dir():
         raise _fail(option, path, "is a directory; give a file name")
-    for parent in [folder, *folder.parents]:  # a file where a folder must go
-        if parent.exists():
-            if not parent.is_dir():
-                raise _fail(option, path, f"{parent} is a file, not a directory; choose another {option}")
-            break
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir():  # a file where a folder must go
+        raise _fail(option, path, f"{existing} is a file, not a directory; choose another {option}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".flowvae-write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".flowvae-write-test-"):
             pass
     except OSError as e:
-        raise _fail(option, path, f"cannot write to {folder} ({e.strerror or e}); choose a writable {option}") from None
+        raise _fail(option, path, f"cannot write to {existing} ({e.strerror or e}); choose a writable {option}") from None
     if path.exists() and not is_dir and not os.access(path, os.W_OK):
         raise _fail(option, path, f"the file exists and is not writable; choose another {option}")
     return path

@@ -80,7 +80,7 @@ def main():
         for m in models:
             cmd = fl + ["train", "--config", "configs/fashion_mnist.yaml", "--out", str(out / m), "--no-progress",
                         *VARIANTS[ALIASES.get(m, m)], f"train.max_minutes={a.minutes}",
-                        f"train.threads={0 if a.sequential else 1}", *a.overrides]
+                        f"train.threads={-1 if a.sequential else 1}", *a.overrides]
             if (out / m / "checkpoint.pt").exists():
                 cmd.append("--resume")  # an interrupted ablation continues where it stopped
             if a.sequential:

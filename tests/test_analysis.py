@@ -36,7 +36,7 @@ def _size(path):
 
 
 def test_resample_level_writes_a_grid_per_group(runs, tmp_path):
-    assert main(["resample-level", "--checkpoint", str(runs["hier"]), "--n", "3", "--m", "4",
+    assert main(["resample-level", "--checkpoint", str(runs["hier"]), "--n", "3", "--m", "4", "--no-labels",
                  "--out", str(tmp_path)]) == 0
     for group in ("global", "level0", "level1"):
         # 3 rows x (original + 4 draws), 28 px tiles shown at 56 px + 2 px padding
@@ -44,7 +44,8 @@ def test_resample_level_writes_a_grid_per_group(runs, tmp_path):
     one = tmp_path / "one.png"
     assert main(["resample-level", "--checkpoint", str(runs["hier"]), "--level", "1", "--n", "2", "--m", "2",
                  "--out", str(one)]) == 0
-    assert _size(one) == (2 + 58 * 3, 2 + 58 * 2)
+    w, h = _size(one)  # labelled: a caption band above the grid
+    assert w == 2 + 58 * 3 and h > 2 + 58 * 2
 
 
 def test_resample_level_errors(runs, tmp_path, capsys):
@@ -85,6 +86,7 @@ def test_analyze_end_to_end(runs, tmp_path, capsys):
     assert "not a flowvae analyze classifier" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_analyze_script_wrapper(runs, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), "--checkpoint", str(runs["glow"]),
                         "--out", str(tmp_path / "a.json"), *SMALL], capture_output=True, text=True, timeout=300)

@@ -184,6 +184,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_and_resumes_from_checkpoint(tmp_path):
     out = tmp_path / "run"
     steps = 60

@@ -168,7 +168,7 @@ def _summary(cfg: Config, out: Path, model: FlowVAE, n_train: int, n_test: int, 
     t, m = cfg.train, cfg.model
     params = sum(p.numel() for p in model.parameters())
     kind = "flow-only Glow" if m.type == "glow" else f"hybrid (VAE + conditional Glow, {m.injection} injection)"
-    how = {0: "auto", -1: "torch's default"}.get(t.threads, "train.threads")
+    how = {0: "auto", -1: "torch's default"}.get(t.threads, f"train.threads={t.threads}")
     where = f"{dev}" + (f", {threads} CPU thread{'s' if threads != 1 else ''} ({how})" if dev.type == "cpu" else "")
     budget = f"{t.max_steps} steps" + (f" or {t.max_minutes:g} min of training steps" if t.max_minutes > 0 else "")
     every = f", every {t.checkpoint_every} steps" if t.checkpoint_every else ""
@@ -245,6 +245,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     torch.manual_seed(t.seed)
     if main:
         check_output(out, "--out", is_dir=True)  # before loading data or building the model
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     train_ds = load_dataset(cfg.data, cfg.model, "train")
@@ -317,7 +318,6 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         })
 
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-    timed = math.isfinite(budget)
     if main:
         _summary(cfg, out, model, len(train_ds), len(test_ds), getattr(train_ds, "name", cfg.data.dataset), dev,
                  threads, world, resume=state is not None)
