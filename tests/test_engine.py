@@ -82,6 +82,11 @@ def test_resume_applies_new_lr_and_refuses_changed_data_order(tmp_path):
     _, _, state = load_checkpoint(out)
     assert state["step"] == 10
     assert all(g["lr"] == 1e-4 and g["initial_lr"] == 1e-4 for g in state["optimizer"]["param_groups"])
+    # the training loss's weights may change on resume; the architecture may not
+    assert main(["train", "--out", out, "--resume", "--no-progress", "model.kl_beta=0.5", "train.max_steps=12"]) == 0
+    _, cfg, state = load_checkpoint(out)
+    assert state["step"] == 12 and cfg.model.kl_beta == 0.5
+    assert main(["train", "--out", out, "--resume", "--no-progress", "model.hidden=4", "train.max_steps=14"]) == 2
 
 
 def test_every_shipped_config_loads_and_builds():

@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import dataclasses
 import inspect
 import math
 import signal
@@ -76,6 +77,9 @@ DDP_ARGS = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__)
 class TrainingError(RuntimeError):
     """Training cannot usefully go on (e.g. most steps are skipped as non-finite)."""
 
+
+# Model-section keys that only weight the training loss, so a resumed run may change them.
+LOSS_KEYS = ("kl_beta", "free_bits", "level_free_bits")
 
 # A run stops when more than train.max_skip_fraction of its steps were skipped, judged from this many steps on.
 SKIP_CHECK_AFTER = 10
@@ -227,7 +231,10 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         # These decide the weights' shapes, the optimiser state or the data order: changing them mid-run
         # would silently repeat or skip data, or fail later. lr, warm-up, budgets, logging, precision,
         # grad_accum and the number of processes may change.
-        fixed = {"model": (saved.model, cfg.model), "data": (saved.data, cfg.data),
+        # The training loss's weights (model.kl_beta, free_bits, level_free_bits) may change: they shape the
+        # gradient, not the weights or the reported bound.
+        loss_keys = {k: getattr(cfg.model, k) for k in LOSS_KEYS}
+        fixed = {"model": (dataclasses.replace(saved.model, **loss_keys), cfg.model), "data": (saved.data, cfg.data),
                  "train.batch_size": (saved.train.batch_size, cfg.train.batch_size),
                  "train.seed": (saved.train.seed, cfg.train.seed),
                  "train.optimizer": (saved.train.optimizer, cfg.train.optimizer)}
