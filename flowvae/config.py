@@ -71,6 +71,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 500
+    lr_schedule: str = "constant"   # constant | cosine: after warm-up, lr decays to 0 by the end of the run (steps or minutes)
     grad_clip: float = 50.0
     ema_decay: float = 0.999
     max_steps: int = 10000
@@ -221,6 +222,7 @@ def validate(cfg: Config) -> None:
                "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
                "train.memory": (cfg.train.memory, ("standard", "recompute", "checkpoint")),
                "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
+               "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "cosine")),
                "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:

@@ -123,6 +123,18 @@ def build_optimizer(cfg: Config, model: torch.nn.Module):
     return opt, sched
 
 
+def lr_factor(t, step: int, seconds: float) -> float:
+    """``train.lr_schedule``'s factor on the warmed-up lr at ``step``: 1 (constant), or (cosine) a half cosine
+    from 1 to 0 over the run, whose length is whichever of train.max_steps and train.max_minutes ends it
+    first. With a wall-clock budget the lr thus reaches 0 when the budget does, however fast the machine."""
+    if t.lr_schedule == "constant":
+        return 1.0
+    frac = step / t.max_steps
+    if t.max_minutes > 0:
+        frac = max(frac, seconds / (t.max_minutes * 60))
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
 class _Stop:
     """Ctrl-C (SIGINT) and SIGTERM finish the current step, then checkpoint and exit, so a checkpoint
     never holds half a step. A second Ctrl-C stops at once, without saving."""
@@ -242,7 +254,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         sched.base_lrs = [t.lr for _ in opt.param_groups]
         for g in opt.param_groups:
             g["initial_lr"], g["weight_decay"] = t.lr, t.weight_decay
-            g["lr"] = t.lr * sched.lr_lambdas[0](sched.last_epoch)
+            g["lr"] = t.lr * sched.lr_lambdas[0](sched.last_epoch) * lr_factor(t, state["step"], state["train_seconds"])
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -337,6 +349,8 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                         scaler.step(opt)
                         scaler.update()
                         sched.step()
+                        for g in opt.param_groups:  # LambdaLR set the warmed-up lr; the schedule scales it
+                            g["lr"] *= lr_factor(t, step + 1, train_seconds)
                         ema.update(model)
                     else:
                         skipped += 1
@@ -361,7 +375,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                                 writer.add_scalar(f"train/{key}", v, step)
                             writer.add_scalar("train/loss", vals[0], step)
                             writer.add_scalar("train/grad_norm", gnorm.item(), step)
-                            writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+                            writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
                             writer.add_scalar("train/skipped_steps", skipped, step)
                             writer.add_scalar("train/images_per_sec", window["images"] / max(window["seconds"], 1e-9), step)
                             if scaler.is_enabled():
