@@ -42,11 +42,16 @@ DistributedDataParallel, NCCL on CUDA (device ``cuda:LOCAL_RANK``) and gloo on C
 ``train.precision``: ``fp32`` | ``bf16`` | ``fp16`` runs the forward pass under autocast: coupling
 networks and the encoder in reduced precision, while the 1x1 convolutions, priors, log-determinants,
 KL and loss stay float32 (see flows/base.py). fp16 uses a gradient scaler.
+
+``train.memory``: ``standard`` | ``recompute`` | ``checkpoint``: how the flow steps' activations are kept
+for the backward pass (flows/recompute.py). ``recompute`` rebuilds them from the outputs through the
+invertible layers, so training memory stays flat in the number of steps.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import math
 import signal
@@ -213,7 +218,9 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         # These decide the weights' shapes, the optimiser state or the data order: changing them mid-run
         # would silently repeat or skip data, or fail later. lr, warm-up, budgets, logging, precision,
         # grad_accum and the number of processes may change.
-        fixed = {"model": (saved.model, cfg.model), "data": (saved.data, cfg.data),
+        # model.coupling_impl only picks how the same weights are computed: it may change (say, CPU -> GPU).
+        same_impl = dataclasses.replace(saved.model, coupling_impl=cfg.model.coupling_impl)
+        fixed = {"model": (same_impl, cfg.model), "data": (saved.data, cfg.data),
                  "train.batch_size": (saved.train.batch_size, cfg.train.batch_size),
                  "train.seed": (saved.train.seed, cfg.train.seed),
                  "train.optimizer": (saved.train.optimizer, cfg.train.optimizer)}
