@@ -16,8 +16,8 @@ global code and encoder of configs/fashion_mnist.yaml) and measures, for each:
   activations, gradients, optimiser state, allocator slack.
   CUDA: ``torch.cuda.max_memory_allocated`` over the same steps.
 
-By default it also measures ``flowvae_glow_conv2d``: flowvae's Glow with its coupling networks run as
-``nn.Conv2d`` calls, as before the matmul rewrite (same weights): the before/after of that optimisation.
+By default it also measures ``flowvae_glow_conv2d``: flowvae's Glow with ``model.coupling_impl=conv`` (its
+coupling networks as ``nn.Conv2d`` calls, the CUDA default; same weights) against the GEMM path.
 
 Measurements are interleaved: each round times every model in turn (``--steps`` training steps,
 then sampling, then evaluation), and the table reports the median over ``--rounds`` rounds, so
@@ -50,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODELS = ("flowvae_glow", "flowvae_hybrid", "normflows_glow")
-# Also measurable (--models): flowvae's Glow with the coupling networks run as nn.Conv2d calls, as before the
-# matmul rewrite of CouplingNet.forward (same parameters and maths): the before/after of the optimisation.
+# Also measurable (--models): flowvae's Glow with model.coupling_impl=conv (the coupling networks as nn.Conv2d
+# calls, as before the GEMM rewrite; same parameters and maths) against the GEMM path.
 EXTRA = ("flowvae_glow_conv2d",)
 LN2 = math.log(2.0)
 
@@ -61,8 +61,9 @@ def _flowvae_cfg(kind: str, a):
     from flowvae import load_config
 
     return load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides=[
-        f"model.type={'glow' if kind == 'flowvae_glow' else 'hybrid'}", f"model.levels={a.levels}",
-        f"model.steps={a.steps}", f"model.hidden={a.hidden}"])
+        f"model.type={'glow' if kind.startswith('flowvae_glow') else 'hybrid'}", f"model.levels={a.levels}",
+        f"model.steps={a.steps}", f"model.hidden={a.hidden}",
+        f"model.coupling_impl={'conv' if kind.endswith('_conv2d') else a.coupling_impl}"])
 
 
 def build_normflows_glow(levels: int, steps: int, hidden: int, shape=(1, 28, 28)):
@@ -131,33 +132,14 @@ class FlowvaeAdapter(torch.nn.Module):
         return self.model.sample(n, temperature=0.7)
 
 
-def _conv2d_forward(self, x, cond):
-    """CouplingNet.forward as it was before the optimisation: three nn.Conv2d calls (mkldnn on CPU)."""
-    if self.cond_map_channels:
-        x = torch.cat([x, cond.map.to(x.dtype)], 1)
-    h = self.conv1(x)
-    if self.cond_proj is not None:
-        h = h + self.cond_proj(cond.vec.to(h.dtype))[:, :, None, None]
-    h = self.act(h)
-    h = self.act(self.conv2(h))
-    return self.out(h)
-
-
 def build(kind: str, a, device):
     torch.manual_seed(0)
     if kind == "normflows_glow":
         m = NormflowsAdapter(build_normflows_glow(a.levels, a.steps, a.hidden))
     else:
-        import types
-
         from flowvae import FlowVAE
-        from flowvae.flows.coupling import CouplingNet
 
-        m = FlowvaeAdapter(FlowVAE.from_config(_flowvae_cfg(kind.replace("_conv2d", ""), a).model))
-        if kind.endswith("_conv2d"):
-            for mod in m.modules():
-                if isinstance(mod, CouplingNet):
-                    mod.forward = types.MethodType(_conv2d_forward, mod)
+        m = FlowvaeAdapter(FlowVAE.from_config(_flowvae_cfg(kind, a).model))
     return m.to(device)
 
 
@@ -282,12 +264,31 @@ def memory_child(kind: str, a) -> dict:
 def measure_memory(kind: str, a) -> dict:
     cmd = [sys.executable, __file__, "--_memory-child", kind, "--device", a.device, "--threads", str(a.threads),
            "--levels", str(a.levels), "--steps", str(a.steps), "--hidden", str(a.hidden), "--batch", str(a.batch),
-           "--precision", a.precision, "--mem-steps", str(a.mem_steps)]
+           "--precision", a.precision, "--mem-steps", str(a.mem_steps), "--coupling-impl", a.coupling_impl]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- main
+def time_models(kinds, a, device, images) -> dict:
+    """One measurement: fresh models, a warm-up, then ``a.rounds`` interleaved rounds; medians per model."""
+    benches = {k: Bench(k, a, device, images) for k in kinds}
+    params = {k: count_params(b.m) for k, b in benches.items()}
+    for b in benches.values():  # warm-up: allocator, oneDNN primitive caches
+        b.train_steps(2)
+        b.sample(1)
+        b.evaluate(1)
+    runs = {k: {"train": [], "sample": [], "eval": []} for k in kinds}
+    for r in range(a.rounds):
+        for k, b in benches.items():
+            runs[k]["train"].append(b.train_steps(a.train_steps))
+            runs[k]["sample"].append(b.sample(a.sample_batches))
+            runs[k]["eval"].append(b.evaluate(a.eval_batches))
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} train {runs[k]['train'][-1]:.0f} img/s" for k in kinds),
+              file=sys.stderr, flush=True)
+    return {k: {"params": params[k], **{f"{m}_img_s": statistics.median(v) for m, v in runs[k].items()}} for k in kinds}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -298,6 +299,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=1, help="independent measurements; the table is their median")
+    ap.add_argument("--coupling-impl", default="auto", choices=["auto", "gemm", "conv"], help="flowvae's model.coupling_impl")
     ap.add_argument("--train-steps", type=int, default=5, help="training steps timed per model per round")
     ap.add_argument("--sample-batches", type=int, default=2)
     ap.add_argument("--eval-batches", type=int, default=4)
@@ -315,24 +318,16 @@ def main(argv=None) -> dict:
     device = torch.device(a.device)
     kinds = [k for k in a.models.split(",") if k]
     images = load_images(5000)
-    benches = {k: Bench(k, a, device, images) for k in kinds}
-    params = {k: count_params(b.m) for k, b in benches.items()}
-    for b in benches.values():  # warm-up: allocator, oneDNN primitive caches
-        b.train_steps(2)
-        b.sample(1)
-        b.evaluate(1)
-    runs = {k: {"train": [], "sample": [], "eval": []} for k in kinds}
-    for r in range(a.rounds):
-        for k, b in benches.items():
-            runs[k]["train"].append(b.train_steps(a.train_steps))
-            runs[k]["sample"].append(b.sample(a.sample_batches))
-            runs[k]["eval"].append(b.evaluate(a.eval_batches))
-        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} train {runs[k]['train'][-1]:.0f} img/s" for k in kinds),
-              file=sys.stderr, flush=True)
-    res = {k: {"params": params[k], **{f"{m}_img_s": round(statistics.median(v), 1) for m, v in runs[k].items()}}
+    # --repeat R: R independent measurements (fresh models each time), each a median over --rounds rounds;
+    # the table reports the median over the R, and the train-speed ratio of each repeat is kept.
+    reps = [time_models(kinds, a, device, images) for _ in range(a.repeat)]
+    res = {k: {"params": reps[0][k]["params"],
+               **{f"{m}_img_s": round(statistics.median(r[k][f"{m}_img_s"] for r in reps), 1) for m in ("train", "sample", "eval")}}
            for k in kinds}
+    if "flowvae_glow" in res and "normflows_glow" in res:
+        res["flowvae_glow"]["train_ratio_per_repeat"] = [
+            round(r["flowvae_glow"]["train_img_s"] / r["normflows_glow"]["train_img_s"], 3) for r in reps]
     if not a.no_memory:
-        del benches
         for k in kinds:
             res[k].update(measure_memory(k, a))
     ratios = {}
@@ -347,7 +342,7 @@ def main(argv=None) -> dict:
     setup = {"device": str(device), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
              "threads": a.threads, "torch": torch.__version__, "precision": a.precision, "image": "1x28x28 Fashion-MNIST (shipped sample)",
              "levels": a.levels, "steps": a.steps, "hidden": a.hidden, "batch": a.batch, "rounds": a.rounds,
-             "train_steps_per_round": a.train_steps}
+             "repeat": a.repeat, "train_steps_per_round": a.train_steps, "coupling_impl": a.coupling_impl}
     out = {"setup": setup, "results": res, "ratios": ratios}
     print(format_table(out))
     if a.out:
@@ -359,7 +354,8 @@ def main(argv=None) -> dict:
 def format_table(out: dict) -> str:
     s, res = out["setup"], out["results"]
     lines = [f"config: {s['image']}, {s['levels']} levels x {s['steps']} steps x {s['hidden']} channels, batch {s['batch']}, "
-             f"{s['precision']}, {s['device']}, {s['threads']} thread(s), torch {s['torch']}, median of {s['rounds']} rounds",
+             f"{s['precision']}, {s['device']}, {s['threads']} thread(s), torch {s['torch']}, median of {s.get('repeat', 1)} "
+             f"repeat(s) of the median of {s['rounds']} rounds",
              "", "| model | params | train img/s | sample img/s | eval img/s | peak train mem (MB) |", "|---|---|---|---|---|---|"]
     for k, r in res.items():
         lines.append(f"| {k} | {r['params']:,} | {r['train_img_s']:.1f} | {r['sample_img_s']:.1f} | {r['eval_img_s']:.1f} | "

@@ -29,6 +29,7 @@ class ModelConfig:
     steps: int = 8                  # flow steps K per level
     level_steps: list = field(default_factory=list)       # steps per level, finest first ([] = `steps` everywhere)
     coupling_kernels: list = field(default_factory=list)  # coupling kernel (1 or 3) per level, finest first ([] = 3)
+    coupling_impl: str = "auto"     # auto (gemm on CPU, conv on CUDA) | gemm | conv: how the coupling nets run (same weights)
     hidden: int = 128               # coupling network width
     coupling_clamp: float = 2.0     # |log scale| bound of each coupling
     z_dim: int = 64                 # global code size
@@ -70,6 +71,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 500
+    lr_schedule: str = "constant"   # constant | cosine: after warm-up, lr decays to 0 by the end of the run (steps or minutes)
     grad_clip: float = 50.0
     ema_decay: float = 0.999
     max_steps: int = 10000
@@ -85,6 +87,7 @@ class TrainConfig:
     precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast; log-dets, priors, KL and loss stay float32)
     grad_accum: int = 1             # micro-batches per step per process; batch_size stays the global batch
     kl_warmup_steps: int = 0        # the training loss's KL weight ramps linearly from 0 to model.kl_beta over these steps
+    memory: str = "standard"        # standard | recompute (rebuild activations from the flow's outputs) | checkpoint
 
 
 @dataclass
@@ -263,7 +266,10 @@ def validate(cfg: Config) -> None:
                "model.dequantization": (m.dequantization, ("uniform", "variational")),
                "model.injection": (m.injection, ("global", "hierarchical")),
                "model.hier_prior": (m.hier_prior, ("normal", "topdown")),
+               "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
+               "train.memory": (cfg.train.memory, ("standard", "recompute", "checkpoint")),
                "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
+               "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "cosine")),
                "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:

@@ -39,6 +39,7 @@ class FlowVAE(nn.Module):
                                     cond_map_channels=maps, clamp=cfg.coupling_clamp,
                                     zmap_channels=cfg.z_maps if self.hybrid else 0,
                                     kernels=cfg.coupling_kernels or 3)
+        self.glow.set_coupling_impl(cfg.coupling_impl)
         self.latents = None  # the per-level latents z_l of the hierarchical variant
         if self.hybrid:
             self.encoder = Encoder(c, (h, w), z_dim, cfg.encoder_width, cfg.encoder_blocks, levels=cfg.levels)

@@ -41,6 +41,16 @@ class FlowLayer(nn.Module):
     def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:  # latent -> data
         raise NotImplementedError
 
+    def rebuild(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+        """Reversible backprop (recompute.py): from the output ``y``, the input ``x`` (detached), the leaf
+        tensors whose gradients, concatenated on dim 1, are dL/dx, and ``forward``'s output and logdet
+        recomputed from those leaves with autograd recording."""
+        with torch.no_grad():
+            x, _ = self.inverse(y, cond)
+        x = x.detach().requires_grad_()
+        out, ld = self(x, cond)
+        return x.detach(), (x,), out, ld
+
 
 def logdet_dtype(x: Tensor) -> torch.dtype:
     """Log-dets are accumulated in float32 at least, even under bf16/fp16 autocast."""

@@ -20,6 +20,27 @@ from torch import Tensor, nn
 
 from .base import Cond, FlowLayer, ZeroConv2d, logdet_dtype, sum_per_sample
 
+COUPLING_IMPLS = ("auto", "gemm", "conv")
+
+
+def _relu_grad_(grad: Tensor, out: Tensor) -> Tensor:
+    """``grad`` masked where the ReLU output ``out`` is zero, in place. ATen's threshold_backward op does it
+    in one pass (1.0 ms on a 12544 x 128 tensor, one CPU thread); the public fallback, a multiply by
+    sign(out) (0 or 1 after a ReLU), takes 2.3 ms and an extra tensor (torch 2.x, this machine)."""
+    if _THRESHOLD_BACKWARD is not None:
+        return _THRESHOLD_BACKWARD(grad, out, 0, grad_input=grad)
+    return grad.mul_(torch.sign(out))
+
+
+def _find_threshold_backward():
+    try:
+        return torch.ops.aten.threshold_backward.grad_input
+    except (AttributeError, RuntimeError):  # an ATen build without the op: use the public fallback
+        return None
+
+
+_THRESHOLD_BACKWARD = _find_threshold_backward()
+
 
 class _HiddenLayers(torch.autograd.Function):
     """``taps = relu(relu(cols @ W1^T + b1) @ W2^T + b2) @ W3^T`` on rows of pixels, with a hand-written
@@ -60,11 +81,11 @@ class _HiddenLayers(torch.autograd.Function):
             g = g.reshape(n * hw, -1).to(w3c.dtype)
             dw3 = torch.mm(g.t(), h2) if need[5] else None
             dh = torch.mm(g, w3c)
-            torch.ops.aten.threshold_backward.grad_input(dh, h2, 0, grad_input=dh)  # ReLU, in place
+            _relu_grad_(dh, h2)  # ReLU, in place
             db2 = dh.sum(0) if need[4] else None
             dw2 = torch.mm(dh.t(), h1) if need[3] else None
             dh = torch.mm(dh, w2c)
-            torch.ops.aten.threshold_backward.grad_input(dh, h1, 0, grad_input=dh)
+            _relu_grad_(dh, h1)
             if need[2]:
                 db1 = dh.sum(0) if b1_dim == 1 else dh.view(n, hw, -1) if b1_dim == 3 else dh.view(n, hw, -1).sum(1)
             else:
@@ -89,15 +110,15 @@ class CouplingNet(nn.Module):
     it the flow cannot model the image's global layout by itself, which then has to come from z
     (the Variational Lossy Autoencoder argument, Chen et al. 2017).
 
-    The parameters are ordinary ``nn.Conv2d`` weights (checkpoints are unchanged), but the forward
-    pass computes the three convolutions as matrix products on a pixels-by-channels layout: the
-    first 3x3 convolution as ``unfold`` (im2col of the few input channels) then a matmul, the 1x1 as
+    Two implementations share the same ``nn.Conv2d`` weights (``impl``, ``model.coupling_impl``):
+    ``conv`` calls the convolutions; ``gemm`` (the CPU default) computes the three convolutions as
+    matrix products on a pixels-by-channels layout: the first 3x3 convolution as ``unfold`` (im2col of the few input channels) then a matmul, the 1x1 as
     a matmul, and the last 3x3 (hidden -> few channels) as a matmul to ``9 x out`` per-tap outputs
     summed back onto the image by ``fold`` (col2im: the convolution written as a transposed
     convolution with the flipped kernel). Same maths and zero padding as ``F.conv2d``. Why: on CPU,
     mkldnn's convolution backward is slow for these shapes (2-8 channels in or out around a
     128-wide hidden layer) and was most of a Glow's training step; as GEMMs the step is 1.35x
-    faster (bench/benchmark.py, ``flowvae_glow_conv2d`` is the old path). The hidden layers run in
+    faster (bench/benchmark.py, ``flowvae_glow_conv2d`` is the ``conv`` path). The hidden layers run in
     one autograd Function whose backward masks the ReLU gradients in place (:class:`_HiddenLayers`).
     """
 
@@ -113,13 +134,42 @@ class CouplingNet(nn.Module):
         self.cond_proj = nn.Linear(cond_dim, hidden) if cond_dim > 0 else None
         self.zmap_proj = nn.Conv2d(zmap_channels, hidden, 1, bias=False) if zmap_channels > 0 else None
         self.cond_map_channels = cond_map_channels
-        self.act = nn.ReLU(inplace=True)
+        self.impl = "auto"  # auto | gemm | conv (model.coupling_impl); the weights are the same for both
+
+    def resolved_impl(self, device: torch.device) -> str:
+        # auto: GEMMs on CPU (measured faster there, see above); cuDNN convolutions on CUDA, a choice
+        # not yet measured on a GPU (issue 9, section 4).
+        if self.impl == "auto":
+            return "gemm" if device.type == "cpu" else "conv"
+        return self.impl
+
+    def _check(self, cond: Optional[Cond]) -> None:
+        if self.cond_map_channels and (cond is None or cond.map is None):
+            raise ValueError("this coupling expects a spatial conditioning map (cond.map)")
+        if self.cond_proj is not None and (cond is None or cond.vec is None):
+            raise ValueError("this coupling expects a global code (cond.vec)")
+        if self.zmap_proj is not None and (cond is None or cond.zmap is None):
+            raise ValueError("this coupling expects a spatial map decoded from z (cond.zmap)")
 
     def forward(self, x: Tensor, cond: Optional[Cond]) -> Tensor:
+        self._check(cond)
         if self.cond_map_channels:
-            if cond is None or cond.map is None:
-                raise ValueError("this coupling expects a spatial conditioning map (cond.map)")
             x = torch.cat([x, cond.map.to(x.dtype)], 1)
+        if self.resolved_impl(x.device) == "conv":
+            return self._forward_conv(x, cond)
+        return self._forward_gemm(x, cond)
+
+    def _forward_conv(self, x: Tensor, cond: Optional[Cond]) -> Tensor:
+        """The three layers as nn.Conv2d calls (cuDNN / mkldnn); z and its map enter as the same biases."""
+        h = self.conv1(x)
+        if self.cond_proj is not None:
+            h = h + self.cond_proj(cond.vec.to(x.dtype)).to(h.dtype)[:, :, None, None]
+        if self.zmap_proj is not None:
+            h = h + self.zmap_proj(cond.zmap.to(x.dtype)).to(h.dtype)
+        h = F.relu(self.conv2(F.relu(h)))
+        return self.out(h)
+
+    def _forward_gemm(self, x: Tensor, cond: Optional[Cond]) -> Tensor:
         n, _, height, width = x.shape
         hidden = self.conv1.out_channels
         # conv1 (3x3) as im2col of the (few) input channels + a matmul, conv2 (1x1) as a matmul, and the
@@ -128,12 +178,8 @@ class CouplingNet(nn.Module):
         cols = F.unfold(x, k, padding=k // 2).transpose(1, 2)                    # [N, HW, Cin*k*k]
         bias = self.conv1.bias
         if self.cond_proj is not None:
-            if cond is None or cond.vec is None:
-                raise ValueError("this coupling expects a global code (cond.vec)")
             bias = bias + self.cond_proj(cond.vec.to(x.dtype))                    # [N, hidden]: z as a channel bias
         if self.zmap_proj is not None:
-            if cond is None or cond.zmap is None:
-                raise ValueError("this coupling expects a spatial map decoded from z (cond.zmap)")
             pix = self.zmap_proj(cond.zmap.to(x.dtype)).flatten(2).transpose(1, 2)   # [N, HW, hidden]
             bias = bias[:, None, :] + pix if bias.dim() == 2 else bias + pix
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -167,6 +213,16 @@ class AffineCoupling(FlowLayer):
         shift, log_s = self._params(xa, cond)
         yb = ((xb + shift) * torch.exp(log_s)).to(x.dtype)
         return torch.cat([xa, yb], 1), sum_per_sample(log_s)
+
+    def rebuild(self, y: Tensor, cond: Optional[Cond] = None):
+        # One network pass serves both the inverse (xb from yb) and the recorded re-run of forward.
+        xa = y[:, : self.ca].detach().clone().requires_grad_()
+        shift, log_s = self._params(xa, cond)
+        with torch.no_grad():
+            xb = (y[:, self.ca :] * torch.exp(-log_s) - shift).to(y.dtype)
+        xb.requires_grad_()
+        yb = ((xb + shift) * torch.exp(log_s)).to(y.dtype)
+        return torch.cat([xa.detach(), xb.detach()], 1), (xa, xb), torch.cat([xa, yb], 1), sum_per_sample(log_s)
 
     def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
         ya, yb = y[:, : self.ca], y[:, self.ca :]

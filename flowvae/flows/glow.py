@@ -32,6 +32,7 @@ from .base import Cond, FlowLayer, logdet_dtype
 from .coupling import AffineCoupling
 from .invconv import InvConv1x1
 from .priors import GaussianizeSplit, GaussianizeTop, standard_normal_logprob
+from .recompute import MEMORY_MODES, run_steps
 from .squeeze import squeeze2x2, unsqueeze2x2
 
 
@@ -134,6 +135,22 @@ class ConditionalGlow(nn.Module):
                 prior = GaussianizeTop((c, h, w), cond_dim, maps[lvl], zc)
             self.priors.append(prior)
         self.z_decoder = ZMapDecoder(cond_dim, zmap_channels, sizes) if zmap_channels else None
+        self.memory = "standard"  # train.memory: how the steps' activations are kept for backprop (recompute.py)
+
+    def set_memory(self, memory: str) -> None:
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+        self.memory = memory
+
+    def set_coupling_impl(self, impl: str) -> None:
+        """auto | gemm | conv for every coupling network (see CouplingNet); the weights do not change."""
+        from .coupling import COUPLING_IMPLS, CouplingNet
+
+        if impl not in COUPLING_IMPLS:
+            raise ValueError(f"coupling_impl must be one of {COUPLING_IMPLS}, got {impl!r}")
+        for m in self.modules():
+            if isinstance(m, CouplingNet):
+                m.impl = impl
 
     def _conds(self, z: Optional[Tensor], maps: Optional[Sequence[Tensor]]) -> list[Cond]:
         """The conditioning of each level (z decoded to its maps once per pass)."""
@@ -148,9 +165,8 @@ class ConditionalGlow(nn.Module):
         for lvl in range(self.levels):
             cond = conds[lvl]
             h = squeeze2x2(h)
-            for step in self.level_steps[lvl]:
-                h, ld = step(h, cond)
-                logdet = logdet + ld
+            h, ld = run_steps(self.level_steps[lvl], h, cond, self.memory)
+            logdet = logdet + ld
             h, ld = self.priors[lvl](h, cond)
             logdet = logdet + ld
             if lvl < self.levels - 1:
