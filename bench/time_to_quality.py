@@ -15,7 +15,7 @@ bits/dim of ``-log p(y)`` under one uniform dequantisation draw per image, i.e. 
 * ``normflows_glow``: normflows' own blocks (bench/benchmark.py builds it), trained here with the recipe
   of its Glow example: Adam 1e-3, 200 linear warm-up steps, raw weights for evaluation.
 * ``flowvae_glow`` / ``flowvae_hybrid``: ``flowvae train --config configs/fashion_mnist.yaml`` with the
-  recipe ``--recipe`` (``RECIPES`` below; ``today`` is the config as shipped before issue 9).
+  recipe ``--recipe`` (``RECIPES`` below; ``today`` is the recipe the configs shipped with before this comparison).
 """
 from __future__ import annotations
 

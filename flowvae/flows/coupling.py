@@ -138,7 +138,7 @@ class CouplingNet(nn.Module):
 
     def resolved_impl(self, device: torch.device) -> str:
         # auto: GEMMs on CPU (measured faster there, see above); cuDNN convolutions on CUDA, a choice
-        # not yet measured on a GPU (issue 9, section 4).
+        # not yet measured on a GPU.
         if self.impl == "auto":
             return "gemm" if device.type == "cpu" else "conv"
         return self.impl
