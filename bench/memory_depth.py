@@ -129,19 +129,23 @@ def plot(out: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     depths = out["setup"]["depths"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    timed = any(out["time_ratio"].values())
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(10 if timed else 5.5, 4), squeeze=False)
+    ax1 = axes[0][0]
     for kind in out["kinds"]:
         ax1.plot(depths, [out["memory"][kind][str(k)]["step_mb"] for k in depths], "o-", label=kind)
-        if kind in out["time_ratio"]:
-            ax2.plot(depths, [out["time_ratio"][kind][str(k)] for k in depths], "o-", label=kind)
+        if timed and out["time_ratio"].get(kind):
+            axes[0][1].plot(depths, [out["time_ratio"][kind][str(k)] for k in depths], "o-", label=kind)
     s = out["setup"]
     ax1.set(xlabel="flow steps per level K", ylabel="peak step memory (MB)", xscale="log", xticks=depths,
             title=f"{s['levels']} levels x K x {s['hidden']}, batch {s['batch']}, {s['device']}")
     ax1.set_xticklabels(depths)
-    ax2.set(xlabel="flow steps per level K", ylabel="step time / standard", xscale="log", xticks=depths,
-            title="step time (median ratio, interleaved)")
-    ax2.set_xticklabels(depths)
-    for ax in (ax1, ax2):
+    if timed:
+        axes[0][1].set(xlabel="flow steps per level K", ylabel="step time / standard", xscale="log", xticks=depths,
+                       title="step time (median ratio, interleaved)")
+        axes[0][1].set_xticklabels(depths)
+    for ax in axes[0]:
+        ax.minorticks_off()  # log-scaled x: only the K ticks
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -204,7 +208,7 @@ def main(argv=None) -> dict:
                 times[kind][str(k)] = round(statistics.median(runs[kind]), 4)
             print(f"K={k} step s: {({kind: times[kind][str(k)] for kind in kinds})}", file=sys.stderr, flush=True)
     base = "standard" if "standard" in kinds else kinds[0]
-    time_ratio = {kind: {str(k): round(times[kind][str(k)] / times[base][str(k)], 3) for k in depths}
+    time_ratio = {kind: {str(k): round(times[kind][str(k)] / times[base][str(k)], 3) for k in depths if str(k) in times[kind]}
                   for kind in kinds if times[kind]}
     ratios = {}
     if 8 in depths and 32 in depths:
