@@ -32,6 +32,7 @@ import math
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -74,7 +75,7 @@ def load_mask(path: Union[str, Path], shape: tuple[int, int, int]) -> Tensor:
     else:
         try:
             with Image.open(p) as im:
-                m = torch.from_numpy(__import__("numpy").asarray(im.convert("L"))).gt(0)
+                m = torch.from_numpy(np.array(im.convert("L"))).gt(0)
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"cannot read mask image {p}: {e}") from None
     return check_mask(m, shape)
