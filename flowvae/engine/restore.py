@@ -23,8 +23,8 @@ optima, not exact posterior samples.
 ``denoise`` with Gaussian noise of std ``sigma`` (pixel units, 0..255) maximises
 ``J(p) - |p - noisy|^2 / (2 sigma^2)``: the MAP estimate under the model as the image prior and the
 Gaussian noise likelihood. Salt-and-pepper noise destroys the pixels it hits, so the pixels at 0 or
-255 are treated as missing and inpainted (which also re-fills true black/white pixels, which the
-model then predicts back).
+255 are treated as missing and inpainted, starting from a 3x3 median filter (this also re-fills true
+black/white pixels, which the model then predicts back).
 """
 from __future__ import annotations
 
@@ -136,6 +136,8 @@ def _optimise(model, x_int: Tensor, free: Tensor, init: Tensor, steps: int, lr: 
     fixed = x_int + 0.5
     v = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
+    # step size decays linearly to lr/10: large moves first (pixels may need to travel ~100 values), then settle
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - 0.9 * i / max(1, steps))
     was = model.training
     model.eval()
     req = [q.requires_grad for q in model.parameters()]
@@ -151,6 +153,7 @@ def _optimise(model, x_int: Tensor, free: Tensor, init: Tensor, steps: int, lr: 
                 opt.zero_grad(set_to_none=True)
                 (-obj.sum()).backward()
                 opt.step()
+                sched.step()
                 with torch.no_grad():
                     if noise > 0:  # annealed exploration: linear decay to 0 over the first 80% of the steps
                         s = noise * max(0.0, 1 - i / (0.8 * steps))
@@ -164,15 +167,16 @@ def _optimise(model, x_int: Tensor, free: Tensor, init: Tensor, steps: int, lr: 
     return torch.floor(p).clamp(0, top - 1)
 
 
-def inpaint(model, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, lr: float = 2.0,
+def inpaint(model, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, lr: float = 5.0,
             noise: float = 20.0, seed: int = 0, fill: Optional[Tensor] = None) -> dict[str, Tensor]:
     """Fill the pixels where ``mask`` is True (bool, see check_mask) in uint8 images ``x`` [N, C, H, W].
 
     Returns 'map' (uint8 [N, C, H, W]: the completion from the mean-fill start, no noise) and, with
     ``samples`` > 0, 'samples' (uint8 [samples, N, C, H, W]: random starts, annealed noise of std
     ``noise`` pixel values). Pixels where the mask is False are bit-exact copies of ``x`` in every output.
-    ``fill`` (uint8 or float [C, H, W] or [N, C, H, W], pixel units) is the start of the MAP run: default
-    the mean of the observed pixels of each image."""
+    ``fill`` (uint8 or float [C, H, W] or [N, C, H, W], pixel values 0..255) is the start of the MAP run:
+    default the mean of the observed pixels of each image. ``lr`` is Adam's step in pixel values (decaying
+    linearly to a tenth)."""
     x_int = model._prepare(x)
     n = x_int.shape[0]
     m = check_mask(mask, model.image_shape, n).to(x_int.device).expand_as(x_int)
@@ -206,14 +210,15 @@ def _finish(model, x: Tensor, p_int: Tensor, m: Tensor) -> Tensor:
 
 
 def denoise(model, x_noisy: Tensor, sigma: Optional[float] = None, salt_pepper: bool = False, steps: int = 200,
-            lr: float = 2.0) -> Tensor:
+            lr: float = 5.0) -> Tensor:
     """A clean estimate of uint8 ``x_noisy``: Gaussian noise of std ``sigma`` (pixel values 0..255) by MAP
     under the model, or ``salt_pepper`` noise by inpainting the pixels at 0 or 255 (module docstring)."""
     if salt_pepper == (sigma is not None):
         raise ValueError("give exactly one of sigma (Gaussian noise) or salt_pepper=True")
     if salt_pepper:
         m = (x_noisy == 0) | (x_noisy == 255)
-        return inpaint(model, x_noisy, m, steps=steps, lr=lr)["map"]
+        start = median_filter(x_noisy.cpu()).float()  # a good start: most true black pixels stay black
+        return inpaint(model, x_noisy, m, steps=steps, lr=lr, fill=start)["map"]
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma (the noise std in pixel values 0..255) must be a finite number > 0, got {sigma}")
     x_int = model._prepare(x_noisy)
