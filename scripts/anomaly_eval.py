@@ -17,9 +17,9 @@ images| (a per-image form of the typicality test: both too-likely and too-unlike
 and, for the hybrid, ``global_typicality`` = |global_bpd - its training median| (the code's KL is
 *lower* than usual on most anomalies: the encoder maps unfamiliar inputs near the prior mean).
 
-``--train`` first trains the missing runs under --runs, one after the other, each with
-configs/quickstart.yaml sizes (2 levels x 4 steps x 64, z 32) on full Fashion-MNIST with one thread:
-``hybrid`` and ``glow`` for 6 minutes of training steps, and ``{hybrid,glow}_loo{c}`` for 4.
+``--train`` first trains the missing runs under --runs (and continues shorter ones), one after the
+other, each with configs/quickstart.yaml sizes (2 levels x 4 steps x 64, z 32) on full Fashion-MNIST
+with one thread, for --steps steps: ``hybrid``, ``glow`` and ``{hybrid,glow}_loo{c}``.
 Writes results.json and results.md to --out.
 """
 import argparse
@@ -59,18 +59,21 @@ def corrupt(x: torch.Tensor, seed: int = 0) -> dict:
     }
 
 
-def train_missing(runs: Path, classes, minutes: float, loo_minutes: float) -> None:
+def train_missing(runs: Path, classes, steps: int) -> None:
+    from flowvae.checkpoint import read_checkpoint
     from flowvae.engine.train import train
 
-    jobs = [("hybrid", minutes, []), ("glow", minutes, ["model.type=glow"])]
+    jobs = [("hybrid", []), ("glow", ["model.type=glow"])]
     for c in classes:
-        jobs += [(f"hybrid_loo{c}", loo_minutes, [f"data.exclude_classes=[{c}]"]),
-                 (f"glow_loo{c}", loo_minutes, ["model.type=glow", f"data.exclude_classes=[{c}]"])]
-    for name, mins, extra in jobs:
-        if (runs / name / "train_metrics.json").exists():
+        jobs += [(f"hybrid_loo{c}", [f"data.exclude_classes=[{c}]"]),
+                 (f"glow_loo{c}", ["model.type=glow", f"data.exclude_classes=[{c}]"])]
+    for name, extra in jobs:
+        ckpt = runs / name / "checkpoint.pt"
+        if ckpt.exists() and (runs / name / "train_metrics.json").exists() and read_checkpoint(ckpt)["step"] >= steps:
             continue
-        cfg = load_config(ROOT / "configs" / "quickstart.yaml", COMMON + [f"train.max_minutes={mins}"] + extra)
-        train(cfg, runs / name, resume=(runs / name / "checkpoint.pt").exists(), progress=False)
+        cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                          COMMON + ["train.max_minutes=0", f"train.max_steps={steps}"] + extra)
+        train(cfg, runs / name, resume=ckpt.exists(), progress=False)
 
 
 def scores_of(model, x: torch.Tensor, batch: int = 500) -> dict:
@@ -141,8 +144,7 @@ def main():
     ap.add_argument("--runs", default="runs/anomaly", help="where the quickstart-size runs are (or --train puts them)")
     ap.add_argument("--train", action="store_true", help="train the missing runs first (sequentially)")
     ap.add_argument("--classes", default="0,5,8", help="held-out classes for leave-one-class-out")
-    ap.add_argument("--minutes", type=float, default=6)
-    ap.add_argument("--loo-minutes", type=float, default=4)
+    ap.add_argument("--steps", type=int, default=800, help="training steps per run (with --train)")
     ap.add_argument("--n", type=int, default=2000, help="normal test images")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN",
                     help="also evaluate another all-class run on the corrupted sets (e.g. a longer-trained one)")
@@ -152,7 +154,7 @@ def main():
     runs, out = Path(a.runs), Path(a.out)
     classes = [int(c) for c in a.classes.split(",") if c]
     if a.train:
-        train_missing(runs, classes, a.minutes, a.loo_minutes)
+        train_missing(runs, classes, a.steps)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
