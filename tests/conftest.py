@@ -41,8 +41,8 @@ def poisoned_loss(at: set):
     real = FlowVAE.loss
     calls = {"n": 0}
 
-    def loss(self, x):
-        out = real(self, x)
+    def loss(self, x, kl_weight=1.0):
+        out = real(self, x, kl_weight)
         if self.training:
             calls["n"] += 1
             if calls["n"] in at:
