@@ -127,15 +127,15 @@ def evaluate_model(path: Path, n: int, loo_class=None) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = ["| model | anomaly set | mean bpd (normal → set) | bpd AUROC / FPR95 | ic_bpd AUROC / FPR95 | "
+    rows = ["| model | steps | anomaly set | mean bpd (normal → set) | bpd AUROC / FPR95 | ic_bpd AUROC / FPR95 | "
             "global_bpd AUROC / FPR95 | typicality AUROC / FPR95 | global_typicality AUROC / FPR95 |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for sname, m in r["sets"].items():
             cells = []
             for k in KEYS:
                 cells.append(f"{m[k]['auroc']:.3f} / {m[k]['fpr95']:.3f}" if k in m else "-")
-            rows.append(f"| {name} | {sname} | {r['normal_mean_bpd']:.2f} → {m['mean_bpd']:.2f} | " + " | ".join(cells) + " |")
+            rows.append(f"| {name} | {r['step']} | {sname} | {r['normal_mean_bpd']:.2f} → {m['mean_bpd']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

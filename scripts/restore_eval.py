@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--classifier", default="results/restore/classifier.pt")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--masks", default=",".join(MASKS))
+    ap.add_argument("--noises", default=",".join(NOISES))
     ap.add_argument("--out", default="results/restore")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -63,9 +65,11 @@ def main():
     res = json.loads(path.read_text()) if path.exists() else {}
     res["judge"] = {"test_acc": clf_acc, "how": how, "acc_on_these_images": acc(x), "images": a.n, "steps": a.steps}
     g = torch.Generator().manual_seed(0)
-    masks = {k: restore.builtin_mask(k, (1, 28, 28), a.n, 0.5, generator=g) for k in MASKS}
+    masks = {k: restore.builtin_mask(k, (1, 28, 28), a.n, 0.5, generator=g) for k in MASKS if k in a.masks.split(",")}
     noisy = {}
     for k, (kind, v) in NOISES.items():
+        if k not in a.noises.split(","):
+            continue
         if kind == "sigma":
             noisy[k] = (restore.add_gaussian_noise(x, v, generator=g), torch.ones_like(x, dtype=torch.bool))
         else:

@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--gammas", default="0,10,50")
     ap.add_argument("--steps", type=int, default=800, help="training steps (as the gamma=0 run)")
     ap.add_argument("--train", action="store_true", help="train the missing runs first (sequentially)")
+    ap.add_argument("--name0", default="hybrid", help="the gamma=0 run's directory name under --runs")
     ap.add_argument("--classifier", default="results/restore/classifier.pt")
     ap.add_argument("--out", default="results/tc")
     a = ap.parse_args()
@@ -46,7 +47,7 @@ def main():
     runs, out = Path(a.runs), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     gammas = [float(g) for g in a.gammas.split(",")]
-    name = lambda g: "hybrid" if g == 0 else f"tc{g:g}"  # noqa: E731
+    name = lambda g: a.name0 if g == 0 else f"tc{g:g}"  # noqa: E731
     if a.train:
         from flowvae.engine.train import train
 
