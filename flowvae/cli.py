@@ -9,6 +9,9 @@
     flowvae interpolate --checkpoint runs/quick --pairs 4 --steps 10 --out interpolate.png
     flowvae resample-level --checkpoint runs/hier --level all --n 6 --m 7     # one grid per latent group
     flowvae analyze --checkpoint runs/hier --classifier runs/classifier.pt   # swap consistency, probes, KL
+    flowvae score --checkpoint runs/quick --out scores.csv [--images my_folder/]  # anomaly scores per image
+    flowvae inpaint --checkpoint runs/quick --mask bottom --n 8 --samples 3 --out inpaint.png
+    flowvae denoise --checkpoint runs/quick --sigma 40 --n 8 --out denoise.png   # or --salt-pepper 0.1
 
 ``--checkpoint`` takes a checkpoint file or a run directory. ``section.key=value``
 items override the config, before or after the options (for commands reading a
@@ -118,6 +121,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _common(p, "JSON file (default: <run dir>/analysis.json)")
 
+    p = sub.add_parser("score", help="per-image anomaly scores in bits/dim (higher = more anomalous) to a CSV file")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", help="score the images under this folder (or one image file) instead of the run's dataset")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--limit", type=NON_NEGATIVE, default=0, help="only the first N images (0 = all)")
+    p.add_argument("--k", type=POSITIVE, default=1, help="draws of (z, u) averaged in the bound (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p, "CSV file (default: <run dir>/scores.csv)")
+
+    for name, helptext in (("inpaint", "fill masked pixels under the model's likelihood (observed pixels kept exactly)"),
+                           ("denoise", "MAP denoising (Gaussian noise of std --sigma, or salt-and-pepper)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--images", help="image file or folder to restore (default: --n test images from --first)")
+        p.add_argument("--n", type=POSITIVE, default=8, help="number of test images")
+        p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image")
+        p.add_argument("--steps", type=POSITIVE, default=200, help="optimisation steps")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--save-dir", help="also write each restored image as a PNG here")
+        if name == "inpaint":
+            p.add_argument("--mask", default="bottom", help="bottom | centre | random | a mask file (image, nonzero = "
+                                                            "missing; or a .pt bool tensor) of the model's image size")
+            p.add_argument("--fraction", type=float, default=0.5, help="missing fraction of --mask random")
+            p.add_argument("--samples", type=NON_NEGATIVE, default=3, help="random-start completions besides the most likely one")
+        else:
+            g = p.add_mutually_exclusive_group(required=True)
+            g.add_argument("--sigma", type=float, help="Gaussian noise std in pixel values 0..255")
+            g.add_argument("--salt-pepper", type=float, metavar="AMOUNT",
+                           help="salt-and-pepper noise: the fraction of pixels hit (added to test images; with --images "
+                                "the images are taken as already noisy)")
+        _common(p, f"PNG grid (default: <run dir>/{name}.png)")
+
     p = sub.add_parser("interpolate", help="interpolate z and eps between pairs of test images")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--pairs", type=POSITIVE, default=4)
@@ -183,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _dispatch(args)
     except (ConfigError, CheckpointError, DataError, TrainingError, FileNotFoundError, FileExistsError,
-            ValueError) as e:
+            ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # file problems the checks up front could not foresee (disk full mid-run, ...)
@@ -272,6 +308,11 @@ def _dispatch(args) -> int:
         print(format_analysis(res))
         print(f"written to {out}")
         return 0
+
+    if args.command in ("score", "inpaint", "denoise"):
+        from .engine.cli_uses import run_use
+
+        return run_use(args, model, cfg, run_dir)
 
     if hasattr(args, "seed"):
         torch.manual_seed(args.seed)

@@ -49,6 +49,7 @@ class ModelConfig:
     kl_beta: float = 1.0            # weight on the KL in the *training* loss only; reported bounds use 1
     free_bits: float = 0.0          # nats per z dim below which the KL is not penalised (training loss only)
     level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical; training loss only)
+    tc_weight: float = 0.0          # Factor-VAE gamma: gamma * TC(z) (discriminator estimate, flowvae/tc.py) in the training loss only
 
 
 @dataclass
@@ -61,6 +62,7 @@ class DataConfig:
     test_fraction: float = 0.1      # folder without train/ and test/ subfolders: held-out fraction
     limit_train: int = 0            # use only the first N training images (0 = all)
     limit_test: int = 0
+    exclude_classes: list = field(default_factory=list)  # labels dropped from both splits (leave-one-class-out)
     workers: int = 0
 
 
@@ -297,6 +299,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} entries must be {'>= 1' if 'steps' in name else '1 or 3'}, got {vals}")
     if m.z_maps < 0 or (m.z_maps and m.type != "hybrid"):
         raise ConfigError(f"model.z_maps must be >= 0, and needs model.type=hybrid, got {m.z_maps}")
+    if m.tc_weight and m.type != "hybrid":
+        raise ConfigError(f"model.tc_weight={m.tc_weight} needs model.type=hybrid (a flow-only Glow has no code z)")
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
     t, e, d = cfg.train, cfg.eval, cfg.data
@@ -313,7 +317,7 @@ def validate(cfg: Config) -> None:
                     "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
                     "model.free_bits": m.free_bits, "model.kl_beta": m.kl_beta,
-                    "model.level_free_bits": m.level_free_bits, "train.kl_warmup_steps": t.kl_warmup_steps}
+                    "model.level_free_bits": m.level_free_bits, "model.tc_weight": m.tc_weight, "train.kl_warmup_steps": t.kl_warmup_steps}
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")

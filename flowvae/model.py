@@ -235,6 +235,7 @@ class FlowVAE(nn.Module):
         out["loss"] = train_bpd.mean()
         if self.hybrid:
             out["z_mean"] = t["mu"]
+            out["z_sample"] = t["z"]  # the drawn code (model.tc_weight's discriminator reads its global part)
             out["kl_global_nats"] = t["kl_global"]
             if "kl_levels" in t:
                 for lvl in range(t["kl_levels"].shape[1]):
@@ -371,6 +372,26 @@ class FlowVAE(nn.Module):
         _, eps = self.encode(x_local)
         z, _ = self.encode(x_global)
         return self.decode(z, eps)
+
+    # ------------------------------------------ uses: anomaly scores, inpainting, denoising
+    def score(self, x: Tensor, k: int = 1, split: Optional[bool] = None) -> dict[str, Tensor]:
+        """Per-image anomaly scores in bits/dim, higher = more anomalous: 'bpd' (negative ELBO, k draws),
+        'global_bpd' / 'local_bpd' (hybrid: KL of the code / the rest), 'complexity_bpd' (PNG code
+        length) and 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020). See engine/score.py."""
+        from .engine.score import score_images
+        return score_images(self, x, k=k, split=split)
+
+    def inpaint(self, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, **kw) -> dict[str, Tensor]:
+        """Fill the pixels where the bool ``mask`` is True: {'map': uint8 [N, C, H, W], 'samples':
+        uint8 [S, N, C, H, W]}; unmasked pixels are bit-exact copies of x. See engine/restore.py."""
+        from .engine.restore import inpaint
+        return inpaint(self, x, mask, samples=samples, steps=steps, **kw)
+
+    def denoise(self, x_noisy: Tensor, sigma: Optional[float] = None, salt_pepper: bool = False,
+                steps: int = 200, **kw) -> Tensor:
+        """Clean estimate (uint8) of Gaussian-noised (std ``sigma``, pixel values) or salt-and-pepper images."""
+        from .engine.restore import denoise
+        return denoise(self, x_noisy, sigma=sigma, salt_pepper=salt_pepper, steps=steps, **kw)
 
     def extra_repr(self) -> str:
         return f"type={self.cfg.type}, image_shape={self.image_shape}, n_bits={self.n_bits}"

@@ -267,6 +267,11 @@ def load_dataset(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
         ds = _folder(cfg, model, split)
     else:
         raise DataError(f"unknown data.dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if cfg.exclude_classes:
+        if not isinstance(ds, TensorImages):
+            raise DataError(f"data.exclude_classes works on the in-memory datasets (fashion_mnist, mnist, cifar10), not {name}")
+        keep = ~torch.isin(torch.as_tensor(ds.labels), torch.tensor(cfg.exclude_classes))
+        ds = TensorImages(ds.images[keep], torch.as_tensor(ds.labels)[keep], ds.name)
     limit = cfg.limit_train if split == "train" else cfg.limit_test
     if limit and isinstance(ds, TensorImages):
         ds = TensorImages(ds.images[:limit], ds.labels[:limit], ds.name)

@@ -292,6 +292,10 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     opt, sched = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(dev.type, enabled=t.precision == "fp16")
     step, epoch, batch_in_epoch, skipped, train_seconds = 0, 0, 0, 0, 0.0
+    tc = None
+    if cfg.model.tc_weight > 0:  # Factor-VAE: its discriminator trains alongside, outside the reported bound
+        from ..tc import TCPenalty
+        tc = TCPenalty(cfg.model.z_dim, cfg.model.tc_weight, dev)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -305,6 +309,8 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         skipped, train_seconds = state["skipped_steps"], state["train_seconds"]
+        if tc is not None and state.get("tc") is not None:
+            tc.load_state_dict(state["tc"])
         D.broadcast_module(model, info)
         ema = EMA(model, t.ema_decay, updates=step - skipped)
         ema.model.load_state_dict(state["ema"])
@@ -341,6 +347,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "skipped_steps": skipped, "train_seconds": train_seconds, "config": cfg.to_dict(),
             "world_size": world, "grad_accum": t.grad_accum, "precision": t.precision,
+            "tc": tc.state_dict() if tc is not None else None,
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
         })
 
@@ -379,6 +386,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                     # KL warm-up (Sonderby et al. 2016, Ladder VAE): the training loss's KL weight ramps 0 -> 1.
                     kl_weight = min(1.0, (step + 1) / t.kl_warmup_steps) if t.kl_warmup_steps else 1.0
                     local_finite, sums, loss_sum, step_bpd = True, {key: 0.0 for key in logged}, 0.0, 0.0
+                    tc_codes: list = []
                     logging = step + 1 == 1 or (step + 1) % t.log_every == 0
                     for i, xm in enumerate(chunks):
                         torch.manual_seed(D.step_seed(t.seed, step, rank * len(chunks) + i))
@@ -386,7 +394,12 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                         with (contextlib.nullcontext() if sync else ddp.no_sync()):
                             with amp:
                                 out_d = run_loss(xm.to(dev, non_blocking=True), kl_weight)
-                            loss = out_d["loss"] / len(chunks)
+                            loss = out_d["loss"]
+                            if tc is not None:  # gamma * TC(z) in bits/dim, like the KL; not part of elbo_bpd
+                                z_glob = out_d["z_sample"][:, : cfg.model.z_dim]
+                                loss = loss + tc.weight * tc.penalty(z_glob).mean() / (model.num_dims * math.log(2))
+                                tc_codes.append(z_glob.detach())
+                            loss = loss / len(chunks)
                             finite = bool(torch.isfinite(loss))
                             local_finite &= finite
                             step_bpd += loss.item() if finite else 0.0
@@ -411,6 +424,8 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                         for g in opt.param_groups:  # LambdaLR set the warmed-up lr; the schedule scales it
                             g["lr"] *= lr_factor(t, step + 1, train_seconds)
                         ema.update(model)
+                        if tc is not None:
+                            tc.update(torch.cat(tc_codes), info)
                     else:
                         skipped += 1
                         if scaler.is_enabled() and (local_finite or ddp is not None):
@@ -445,6 +460,9 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                             writer.add_scalar("train/grad_norm", gnorm.item(), step)
                             writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
                             writer.add_scalar("train/skipped_steps", skipped, step)
+                            if tc is not None:
+                                for key, v in tc.last.items():
+                                    writer.add_scalar(f"train/{key}", v, step)
                             writer.add_scalar("train/images_per_sec", window["images"] / max(window["seconds"], 1e-9), step)
                             if scaler.is_enabled():
                                 writer.add_scalar("train/loss_scale", scaler.get_scale(), step)
