@@ -73,7 +73,7 @@ def main():
     a = ap.parse_args()
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     for m in models:
-        if ALIASES.get(m, m) not in VARIANTS:
+        if ALIASES.get(m, m) not in VARIANTS and not (a.table_only or a.skip_train):
             ap.error(f"unknown model {m!r}; choose from {', '.join(VARIANTS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,9 @@ def write_tables(out: Path, models: list, k: int, analyzed: bool, windows: list 
         row = {"elbo_bpd": full["elbo_bpd"], "kl_bpd": full["kl_bpd"], "kl_nats": full["kl_nats"], "steps": tm["step"],
                "epochs": tm["epochs"], "train_minutes": tm["train_minutes"], "skipped_steps": tm["skipped_steps"],
                "test_images": full["images"]}
+        for key in ("elbo_bpd_median", "elbo_bpd_max", "elbo_bpd_max_index"):
+            if key in full:
+                row[key] = full[key]
         if iw is not None:
             row.update({"elbo_bpd_subset": iw["elbo_bpd"], f"iw{k}_bpd_subset": iw[f"iw{k}_bpd"], "iw_images": iw["images"]})
         if analyzed:
@@ -207,7 +210,7 @@ def write_tables(out: Path, models: list, k: int, analyzed: bool, windows: list 
 def effect_tables(rows: dict, models: list) -> list:
     """The decoupling table: bound, and what each code group controls (flowvae analyze's swap / resample)."""
     ref = rows["glow"]["elbo_bpd"] if "glow" in rows else None
-    lines = ["| model | change | steps | test elbo_bpd | vs glow | KL nats | swap → global class (cnn / logreg) | "
+    lines = ["| model | change | steps | test elbo_bpd (median image) | vs glow | KL nats | swap → global class (cnn / logreg) | "
              "swap → local class (cnn / logreg) | brightness / texture follow local | probe z |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in models:
@@ -218,7 +221,8 @@ def effect_tables(rows: dict, models: list) -> list:
                 f"{sw['to_global_class']['cnn']:.3f} / {sw['to_global_class']['logreg']:.3f} | "
                 f"{sw['to_local_class']['cnn']:.3f} / {sw['to_local_class']['logreg']:.3f} | "
                 f"{sw['brightness_follows_local']:.2f} / {sw['texture_follows_local']:.2f} | {an['probe_acc_z']:.3f}")
-        lines.append(f"| {m} | {CHANGES.get(m, '')} | {r['steps']} | {r['elbo_bpd']:.4f} | {d} | {r['kl_nats']:.1f} | {cols} |")
+        med = f" ({r['elbo_bpd_median']:.3f})" if "elbo_bpd_median" in r else ""
+        lines.append(f"| {m} | {CHANGES.get(m, '')} | {r['steps']} | {r['elbo_bpd']:.4f}{med} | {d} | {r['kl_nats']:.1f} | {cols} |")
     lines += ["", "Per latent group (the group from B or re-drawn from its prior, everything else from A; "
               "class change and swap fractions by the CNN judge, the logistic-regression judge after the slash):", "",
               "| model | group | dims | active | KL nats | swap → B's class | swap → A's class | resample: class changes | "

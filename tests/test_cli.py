@@ -46,6 +46,9 @@ def test_evaluate(tiny_run, capsys):
         assert key in res
     assert abs(res["flow_bpd"] + res["kl_bpd"] + res["dequant_bpd"] - res["elbo_bpd"]) < 1e-4
     assert "iw4_bpd" in capsys.readouterr().out
+    # per-image spread: the worst image is at least the median and the mean, and is named
+    assert res["elbo_bpd_max"] >= res["elbo_bpd_median"] and res["elbo_bpd_max"] >= res["elbo_bpd"]
+    assert 0 <= res["elbo_bpd_max_index"] < 32
 
 
 @pytest.mark.parametrize("cmd,extra", [

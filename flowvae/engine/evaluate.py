@@ -62,7 +62,9 @@ def _batch_stats(model: FlowVAE, x: Tensor, k: int) -> tuple[dict[str, Tensor], 
     sums = {t: out[t].double().sum() for t in model_terms(model)}
     if k > 1:
         sums[f"iw{k}_bpd"] = nats_to_bpd(model.log_prob(x, k=k), model.num_dims).double().sum()
-    rows = {"mu": out["z_mean"].float()} if model.hybrid else {}
+    rows = {"elbo": out["elbo_bpd"].float()[:, None]}  # per image: one odd image can dominate a mean
+    if model.hybrid:
+        rows["mu"] = out["z_mean"].float()
     return sums, rows
 
 
@@ -103,6 +105,10 @@ def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, prog
     batch_sums = D.gather_rows(batch_sums[mine], mine, len(batches), info) if info.enabled else batch_sums
     totals = batch_sums.sum(0).tolist()  # summed in batch order: identical for any number of processes
     res = {key: totals[i] / n for i, key in enumerate(keys)}
+    elbo_local = torch.cat(rows["elbo"]) if rows else torch.zeros(0, 1, device=dev)
+    elbo = (D.gather_rows(elbo_local, row_pos, n, info) if info.enabled else elbo_local).cpu()[:, 0]
+    res["elbo_bpd_median"] = elbo.median().item()
+    res["elbo_bpd_max"], res["elbo_bpd_max_index"] = elbo.max().item(), int(elbo.argmax())
     if model.hybrid:
         if rows:
             mu_local = torch.cat(rows["mu"])
