@@ -223,6 +223,16 @@ def _status_kib(field: str) -> int:
     return 0
 
 
+def memory_baseline(device: torch.device) -> tuple[int, bool]:
+    """Bytes in use now, as the baseline of a peak-memory measurement, and whether the peak was reset
+    (CUDA: the allocator's peak; CPU: the peak RSS, where Linux lets us reset it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated(), True
+    return _status_kib("VmRSS") * 1024, _reset_peak_rss()
+
+
 def _reset_peak_rss() -> bool:
     """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
     try:
@@ -240,13 +250,7 @@ def memory_child(kind: str, a) -> dict:
     images = load_images(2048)
     b = Bench(kind, a, device, images)
     x = b.batch()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _status_kib("VmRSS") * 1024
-        hwm = _reset_peak_rss()  # else ru_maxrss, which also counts the init pass before training
+    base, hwm = memory_baseline(device)  # without a reset CPU peak, ru_maxrss, which also counts the init pass
     b.train_steps(a.mem_steps)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchmark import NormflowsAdapter, _reset_peak_rss, _status_kib, build_normflows_glow, load_images  # noqa: E402
+from benchmark import NormflowsAdapter, _status_kib, build_normflows_glow, load_images, memory_baseline  # noqa: E402
 
 MODES = ("standard", "recompute", "checkpoint")
 
@@ -96,14 +96,9 @@ def memory_child(kind: str, k: int, a) -> dict:
     tr = Trainer(kind, k, a, device, load_images(1024))
     tr.step()  # warm-up: the optimiser state now exists, as in any later step
     tr.opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _status_kib("VmRSS") * 1024
-        if not _reset_peak_rss():
-            raise SystemExit("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    base, reset = memory_baseline(device)
+    if not reset:
+        raise SystemExit("needs Linux /proc/self/clear_refs to reset the peak RSS")
     for _ in range(a.mem_steps):
         tr.step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kib("VmHWM") * 1024
