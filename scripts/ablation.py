@@ -4,6 +4,8 @@
     python scripts/ablation.py --models glow,global --minutes 25 --out results/fashion_mnist   # the README's hybrid-vs-Glow table
     python scripts/ablation.py --models glow,global,zmap,zmap_k31,zmap_k11,hier_zmap_fb \
         --minutes 75 --iw-limit 0 --out results/decoupling               # the decoupling levers (README)
+    python scripts/ablation.py --models glow,global,mid,small,small_k11,hier_small \
+        --minutes 75 --iw-limit 0 --out results/frontier                 # decoder capacity against swap (README)
 
 Trains configs/fashion_mnist.yaml once per variant (same flow: 2 levels x 8
 steps x 128 channels, batch 64) for the same budget of training-step
@@ -31,6 +33,13 @@ VARIANTS = {
     "zmap_k31": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[3,1]"],
     "zmap_k11": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[1,1]"],
     "hier_zmap_fb": ["model.type=hybrid", "model.injection=hierarchical", "model.z_maps=16", "model.level_free_bits=0.05"],
+    # The decoder-capacity frontier (the Variational Lossy Autoencoder argument: a weaker flow leaves the
+    # global structure to z), global injection throughout:
+    "mid": ["model.type=hybrid", "model.steps=4", "model.hidden=64"],
+    "small": ["model.type=hybrid", "model.steps=2", "model.hidden=32"],
+    "small_k11": ["model.type=hybrid", "model.steps=2", "model.hidden=32", "model.coupling_kernels=[1,1]"],
+    "hier_small": ["model.type=hybrid", "model.injection=hierarchical", "model.steps=2", "model.hidden=32",
+                   "model.level_free_bits=0.05"],
 }
 CHANGES = {
     "glow": "flow only (the bpd reference)",
@@ -40,6 +49,10 @@ CHANGES = {
     "zmap_k31": "zmap + 1x1 couplings at the coarse level",
     "zmap_k11": "zmap + 1x1 couplings at both levels",
     "hier_zmap_fb": "zmap + a spatial z_l per level, 0.05 free nats per z_l dim",
+    "mid": "global with a 2 x 4 x 64 flow",
+    "small": "global with a 2 x 2 x 32 flow",
+    "small_k11": "small + 1x1 couplings at both levels",
+    "hier_small": "small + a spatial z_l per level, 0.05 free nats per z_l dim",
     # scripts/decoupling_long.sh: the 75-minute runs continued to 110 minutes
     "global_b03": "global, then KL weight 0.3 for the last 35 min",
     "zmap_b03": "zmap, then KL weight 0.3 for the last 35 min",
