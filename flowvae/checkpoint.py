@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -32,6 +33,51 @@ def clean_state_dict(sd: dict) -> dict:
                 if k.startswith(p):
                     k, changed = k[len(p):], True
         out[k] = v
+    return out
+
+
+def _old_layout(sd: dict) -> bool:
+    return any(k.startswith(("encoder.", "prior.", "latents.heads.", "latents.td_")) for k in sd)
+
+
+def _upgrade_key(k: str, levels: int) -> str:
+    m = re.match(r"latents\.(heads|td_nets)\.(\d+)\.(.*)", k)
+    if m:
+        return f"latents.groups.level{m[2]}.{'head' if m[1] == 'heads' else 'prior_net'}.{m[3]}"
+    for old, new in (("encoder.head.", "latents.groups.global.head."), ("encoder.", "latents.encoder."),
+                     ("prior.", "latents.groups.global.prior."),
+                     ("latents.td_top.", f"latents.groups.level{levels - 1}.prior_net.")):
+        if k.startswith(old):
+            return new + k[len(old):]
+    return k
+
+
+def upgrade_state_dict(sd: dict, model_cfg) -> dict:
+    """Weights written before the latents interface (``encoder.*``, ``prior.*``, ``latents.heads.*``:
+    one flat code sliced by offsets) under today's names (``latents.encoder.*``,
+    ``latents.groups.{global,level<l>}.*``: one module per latent group). Today's weights pass as they are."""
+    sd = clean_state_dict(sd)
+    if not _old_layout(sd):
+        return sd
+    return {_upgrade_key(k, model_cfg.levels): v for k, v in sd.items()}
+
+
+def upgrade_optimizer_state(opt_sd: dict, saved_model_sd: dict, model: torch.nn.Module) -> dict:
+    """An optimiser state saved with an older parameter order, renumbered to ``model``'s order (optimiser
+    state is keyed by parameter position, and the latent groups' parameters now sit in other places)."""
+    saved_model_sd = clean_state_dict(saved_model_sd)
+    if not _old_layout(saved_model_sd):
+        return opt_sd
+    names = [n for n, _ in model.named_parameters()]
+    position = {n: i for i, n in enumerate(names)}
+    old = [_upgrade_key(k, model.cfg.levels) for k in saved_model_sd]
+    old = [k for k in old if k in position]  # the saved order, parameters only (buffers are skipped)
+    if len(old) != len(names) or len(opt_sd["param_groups"]) != 1:
+        raise CheckpointError("this checkpoint's optimiser state is from an older flowvae and cannot be matched "
+                              "to the model's parameters; evaluate or sample from it, or start a new run from its "
+                              "weights")
+    out = dict(opt_sd)
+    out["state"] = {position[old[int(i)]]: s for i, s in opt_sd["state"].items()}
     return out
 
 
@@ -140,9 +186,9 @@ def load_checkpoint(path: Union[str, Path], ema: bool = True, device: Union[str,
     device = resolve_device(device)  # before reading: a bad device fails fast and clearly
     state = read_checkpoint(path)
     cfg = checkpoint_config(state, path)
-    model = FlowVAE.from_config(cfg.model)
+    model = FlowVAE.from_config(cfg)
     weights = state.get("ema") if ema and state.get("ema") is not None else state["model"]
-    weights = clean_state_dict(weights)
+    weights = upgrade_state_dict(weights, cfg.model)
     try:
         model.load_state_dict(weights)
     except RuntimeError:

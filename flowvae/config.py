@@ -46,10 +46,17 @@ class ModelConfig:
     dequantization: str = "uniform"  # uniform | variational
     dequant_layers: int = 4
     dequant_hidden: int = 32
-    kl_beta: float = 1.0            # weight on the KL in the *training* loss only; reported bounds use 1
-    free_bits: float = 0.0          # nats per z dim below which the KL is not penalised (training loss only)
-    level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical; training loss only)
-    tc_weight: float = 0.0          # Factor-VAE gamma: gamma * TC(z) (discriminator estimate, flowvae/tc.py) in the training loss only
+
+
+@dataclass
+class LossConfig:
+    """The training loss (objective.py). Reported bounds (elbo_bpd, iw{K}_bpd) never use these: they are
+    always the true bound. A run may change any of them on --resume."""
+    kl_beta: float = 1.0            # weight on the KL
+    free_bits: float = 0.0          # nats per global-code dim below which its KL is not penalised
+    level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical)
+    kl_warmup_steps: int = 0        # the KL weight ramps linearly from 0 to kl_beta over these steps
+    tc_weight: float = 0.0          # Factor-VAE gamma: gamma * TC(z) (discriminator estimate, flowvae/tc.py)
 
 
 @dataclass
@@ -88,7 +95,6 @@ class TrainConfig:
     max_skip_fraction: float = 0.5  # stop when more than this share of a run's steps had a non-finite loss (1 = never)
     precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast; log-dets, priors, KL and loss stay float32)
     grad_accum: int = 1             # micro-batches per step per process; batch_size stays the global batch
-    kl_warmup_steps: int = 0        # the training loss's KL weight ramps linearly from 0 to model.kl_beta over these steps
     memory: str = "standard"        # standard | recompute (rebuild activations from the flow's outputs) | checkpoint
 
 
@@ -102,6 +108,7 @@ class EvalConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -163,6 +170,11 @@ _ALIASES = {"learning_rate": "lr", "learningrate": "lr", "num_threads": "threads
             "data_dir": "root", "minutes": "max_minutes", "precision_mode": "precision", "k_samples": "k"}
 
 
+# Keys that lived in another section in earlier versions (configs and checkpoints written then still load).
+_MOVED = {("model", "kl_beta"): "loss", ("model", "free_bits"): "loss", ("model", "level_free_bits"): "loss",
+          ("model", "tc_weight"): "loss", ("train", "kl_warmup_steps"): "loss"}
+
+
 def _section_keys(section: str) -> set[str]:
     return {f.name for f in dataclasses.fields(_SECTIONS[section]())}
 
@@ -184,7 +196,10 @@ def _unknown(name: str, valid: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{name}{hint}")
 
 
-def _set(section_obj: Any, section: str, key: str, value: Any) -> None:
+def _set(section_obj: Any, section: str, key: str, value: Any, cfg: Optional["Config"] = None) -> None:
+    if (section, key) in _MOVED and cfg is not None:  # e.g. model.kl_beta -> loss.kl_beta
+        section = _MOVED[(section, key)]
+        section_obj = getattr(cfg, section)
     names = {f.name for f in dataclasses.fields(section_obj)}
     if key not in names:
         raise _unknown(key, names, f"{section}.")
@@ -203,7 +218,7 @@ def config_from_dict(d: dict) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         for key, value in values.items():
-            _set(getattr(cfg, section), section, key, value)
+            _set(getattr(cfg, section), section, key, value, cfg)
     validate(cfg)
     return cfg
 
@@ -236,7 +251,7 @@ def apply_overrides(cfg: Config, overrides: Optional[Iterable[str]]) -> Config:
         section, key = path.split(".", 1)
         if section not in _SECTIONS:
             raise _unknown(section, _SECTIONS, "")
-        _set(getattr(cfg, section), section, key, value)
+        _set(getattr(cfg, section), section, key, value, cfg)
     validate(cfg)
     return cfg
 
@@ -299,8 +314,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} entries must be {'>= 1' if 'steps' in name else '1 or 3'}, got {vals}")
     if m.z_maps < 0 or (m.z_maps and m.type != "hybrid"):
         raise ConfigError(f"model.z_maps must be >= 0, and needs model.type=hybrid, got {m.z_maps}")
-    if m.tc_weight and m.type != "hybrid":
-        raise ConfigError(f"model.tc_weight={m.tc_weight} needs model.type=hybrid (a flow-only Glow has no code z)")
+    if cfg.loss.tc_weight and m.type != "hybrid":
+        raise ConfigError(f"loss.tc_weight={cfg.loss.tc_weight} needs model.type=hybrid (a flow-only Glow has no code z)")
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
     t, e, d = cfg.train, cfg.eval, cfg.data
@@ -316,8 +331,7 @@ def validate(cfg: Config) -> None:
                     "train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
                     "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
-                    "model.free_bits": m.free_bits, "model.kl_beta": m.kl_beta,
-                    "model.level_free_bits": m.level_free_bits, "model.tc_weight": m.tc_weight, "train.kl_warmup_steps": t.kl_warmup_steps}
+                    **{f"loss.{f.name}": getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss)}}
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")

@@ -13,17 +13,15 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ModelConfig, config_from_dict
+from .config import Config, LossConfig, ModelConfig, config_from_dict
 from .dequantization import UniformDequantizer, VariationalDequantizer
-from .encoder import Encoder
-from .flows import ConditionalGlow, data_dependent_init, standard_normal_logprob
-from .hierarchical import HierarchicalLatents
-from .objective import LN2, bpd_terms, free_bits_kl, gaussian_kl_per_dim, gaussian_log_prob
-from .prior import build_prior
+from .flows import ConditionalGlow, data_dependent_init
+from .latents import Latents, latents_class
+from .objective import Objective
 
 
 class FlowVAE(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, loss: Optional[LossConfig] = None):
         super().__init__()
         self.cfg = cfg
         c = cfg.image_channels
@@ -31,37 +29,37 @@ class FlowVAE(nn.Module):
         self.image_shape = (c, h, w)
         self.num_dims = c * h * w
         self.n_bits = cfg.n_bits
-        self.hybrid = cfg.type == "hybrid"
-        self.hierarchical = self.hybrid and cfg.injection == "hierarchical"
-        z_dim = cfg.z_dim if self.hybrid else 0
-        maps = [cfg.hier_channels] * cfg.levels if self.hierarchical else None
+        structure = latents_class(cfg)
+        z_dim, maps = structure.condition_shapes(cfg)  # what the latents will hand each Glow level
         self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.level_steps or cfg.steps, cfg.hidden, cond_dim=z_dim,
                                     cond_map_channels=maps, clamp=cfg.coupling_clamp,
-                                    zmap_channels=cfg.z_maps if self.hybrid else 0,
-                                    kernels=cfg.coupling_kernels or 3)
+                                    zmap_channels=cfg.z_maps if z_dim else 0, kernels=cfg.coupling_kernels or 3)
         self.glow.set_coupling_impl(cfg.coupling_impl)
-        self.latents = None  # the per-level latents z_l of the hierarchical variant
-        if self.hybrid:
-            self.encoder = Encoder(c, (h, w), z_dim, cfg.encoder_width, cfg.encoder_blocks, levels=cfg.levels)
-            self.prior = build_prior(cfg.prior, z_dim, cfg.prior_layers, cfg.prior_hidden)
-            if self.hierarchical:
-                shapes = [(cfg.hier_channels, ch, cw) for _, ch, cw in self.glow.level_shapes()]
-                self.latents = HierarchicalLatents(shapes, cfg.encoder_width, z_dim, cfg.hier_prior, cfg.hier_hidden)
-        else:
-            self.encoder = None
-            self.prior = None
-        # The VAE code: [z] for global injection, [z, z_0 (flat), ..., z_{L-1} (flat)] for hierarchical.
-        self.code_dim = z_dim + (self.latents.dim if self.latents is not None else 0)
+        self.latents: Latents = structure(cfg, self.image_shape, self.glow.level_shapes())
         if cfg.dequantization == "uniform":
             self.dequantizer = UniformDequantizer()
         else:
             self.dequantizer = VariationalDequantizer(c, cfg.dequant_layers, cfg.dequant_hidden)
         self.register_buffer("initialized", torch.tensor(False))
+        self.objective = Objective(loss)  # the training loss's schedule (not a module: no weights)
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the model has a code (a VAE encoder) at all."""
+        return bool(self.latents)
+
+    @property
+    def hierarchical(self) -> bool:
+        return any(g.role == "map" for g in self.latents.groups.values())
+
+    @property
+    def code_dim(self) -> int:
+        return self.latents.dim
 
     @classmethod
     def from_config(cls, cfg: Union[ModelConfig, Config, dict]) -> "FlowVAE":
         if isinstance(cfg, Config):
-            cfg = cfg.model
+            return cls(cfg.model, cfg.loss)
         if isinstance(cfg, dict):
             cfg = config_from_dict({"model": cfg}).model
         if not isinstance(cfg, ModelConfig):
@@ -131,146 +129,66 @@ class FlowVAE(nn.Module):
 
     # ------------------------------------------------------------ the code
     def latent_groups(self) -> dict[str, slice]:
-        """Where each latent group lives in the code vector: 'global' and, for the hierarchical
+        """Where each latent group lives in the flat code: 'global' and, for the hierarchical
         variant, 'level0' (finest) ... 'level{L-1}' (coarsest)."""
-        groups = {"global": slice(0, self.cfg.z_dim)} if self.hybrid else {}
-        if self.latents is not None:
-            for lvl in range(self.latents.levels):
-                sl = self.latents.offsets(lvl)
-                groups[f"level{lvl}"] = slice(self.cfg.z_dim + sl.start, self.cfg.z_dim + sl.stop)
-        return groups
+        return self.latents.slices()
 
     def split_code(self, code: Tensor) -> tuple[Tensor, Optional[list[Tensor]]]:
-        """code [N, code_dim] -> (global z [N, z_dim], list of z_l [N, C, H_l, W_l] or None)."""
-        z = code[:, : self.cfg.z_dim]
-        return z, (self.latents.split(code[:, self.cfg.z_dim :]) if self.latents is not None else None)
+        """flat code [N, code_dim] -> (global z [N, z_dim], list of z_l [N, C, H_l, W_l] or None)."""
+        return self.latents.conditioning(self.latents.unflatten(code))
+
+    def _group_name(self, level: Union[int, str]) -> str:
+        if not self.hybrid:
+            raise ValueError("this flow-only (model.type=glow) model has no latent groups")
+        name = "global" if level == "global" else f"level{level}"
+        if isinstance(level, bool) or name not in self.latents.groups:
+            levels = [n[len("level"):] for n in self.latents.names if n != "global"]
+            valid = "'global'" + (f" or a level {levels[0]}..{levels[-1]}" if levels else "")
+            raise ValueError(f"level must be {valid} for this model (injection={self.cfg.injection}), got {level!r}")
+        return name
 
     def group_shape(self, level: Union[int, str], n: int = 1) -> tuple[int, ...]:
         """Shape of n draws of one latent group: 'global' -> (n, z_dim), level l -> (n, C, H_l, W_l)."""
-        if not self.hybrid:
-            raise ValueError("this flow-only (model.type=glow) model has no latent groups")
-        if level == "global":
-            return (n, self.cfg.z_dim)
-        ok = self.latents is not None and str(level).lstrip("-").isdigit() and 0 <= int(level) < self.latents.levels
-        if not ok:
-            valid = "'global'" + (f" or a level 0..{self.latents.levels - 1}" if self.latents is not None else "")
-            raise ValueError(f"level must be {valid} for this model (injection={self.cfg.injection}), got {level!r}")
-        return (n, *self.latents.shapes[int(level)])
+        return (n, *self.latents.groups[self._group_name(level)].shape)
 
     def sample_code(self, n: int, temperature: float = 1.0) -> Tensor:
-        """n codes from the prior: z ~ p(z), then (hierarchical) z_l ~ p(z_l | ...) coarsest first."""
-        z = self.prior.sample(n, temperature)
-        if self.latents is None:
-            return z
-        return torch.cat([z, self.latents.join(self.latents.sample(z, temperature))], 1)
+        """n flat codes from the prior, parents first (z ~ p(z), then z_l ~ p(z_l | ...) coarsest first)."""
+        return self.latents.flatten(self.latents.sample(n, temperature, device=self.device))
 
     # ------------------------------------------------------------ the bound
     def _posterior(self, x_int: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, log_sigma) of q(code | x), float32 [N, code_dim]."""
-        feats = self.encoder.features(self._centered(x_int))
-        mu, log_sigma = self.encoder.posterior(feats)
-        if self.latents is not None:
-            mu_l, ls_l = self.latents.posterior(feats)
-            mu, log_sigma = torch.cat([mu, mu_l], 1), torch.cat([log_sigma, ls_l], 1)
-        return mu, log_sigma
+        """Flat (mu, log_sigma) of q(code | x), float32 [N, code_dim]."""
+        post = self.latents.posterior(self._centered(x_int))
+        return (self.latents.flatten({n: p[0] for n, p in post.items()}),
+                self.latents.flatten({n: p[1] for n, p in post.items()}))
 
-    def _terms(self, x_int: Tensor, deterministic: bool = False, posterior: Optional[tuple] = None) -> dict[str, Tensor]:
-        """Per-image pieces of the bound for one draw of (z, u), in nats."""
+    def terms(self, x_int: Tensor, deterministic: bool = False, posterior: Optional[dict] = None) -> dict:
+        """Per-image pieces of the bound for one draw of (code, u), in nats: 'log_p_y', 'log_q_u', 'eps',
+        'posterior' and 'code' (named, see latents/base.py; empty for a flow-only model), 'kl'
+        ({group: (KL [N], KL per dim or None)}) and 'kl_total' [N]. objective.py assembles the bound from them."""
         u, log_q_u = self.dequantizer(self._centered(x_int), deterministic)
         y = (x_int + u) / 2**self.n_bits - 0.5  # fixed shift, log-det 0
-        out = {"log_q_u": log_q_u}
-        code = z = levels = None
-        if self.hybrid:
-            mu, log_sigma = posterior if posterior is not None else self._posterior(x_int)
-            code = mu if deterministic else mu + torch.exp(log_sigma) * torch.randn_like(mu)
-            z, levels = self.split_code(code)
-            d = self.cfg.z_dim
-            log_q_z = gaussian_log_prob(code, mu, log_sigma)  # the whole code, for the IW bound
-            log_p_z = self.prior.log_prob(z)
-            if self.prior.analytic_kl:
-                kl_dims = gaussian_kl_per_dim(mu[:, :d], log_sigma[:, :d])
-                out["kl_global"] = kl_dims.sum(1)
-                out["kl_per_dim"] = kl_dims
-            else:
-                out["kl_global"] = gaussian_log_prob(z, mu[:, :d], log_sigma[:, :d]) - log_p_z
-            out["kl"] = out["kl_global"]
-            if self.latents is not None:
-                kl_levels, log_p_levels, kl_level_dims = self.latents.kl_and_log_p(mu[:, d:], log_sigma[:, d:], code[:, d:], z)
-                log_p_z = log_p_z + log_p_levels
-                out["kl_levels"] = kl_levels  # [N, L] nats, finest level first
-                out["kl_level_dims"] = kl_level_dims
-                out["kl"] = out["kl"] + kl_levels.sum(1)
-            out.update(log_q_z=log_q_z, log_p_z=log_p_z, mu=mu)
-        else:
-            out["kl"] = torch.zeros_like(log_q_u)
-        out["log_p_y"], out["eps"] = self.glow.log_prob(y, z, levels)
-        out["z"] = code
-        return out
+        post = posterior if posterior is not None else self.latents.posterior(self._centered(x_int))
+        code = self.latents.draw(post, deterministic)
+        log_p_y, eps = self.glow.log_prob(y, *self.latents.conditioning(code))
+        kl = self.latents.kl(post, code)
+        kl_total = sum(v[0] for v in kl.values()) if kl else torch.zeros_like(log_q_u)
+        return {"log_p_y": log_p_y, "log_q_u": log_q_u, "eps": eps, "posterior": post, "code": code,
+                "kl": kl, "kl_total": kl_total}
 
-    def loss(self, x: Tensor, kl_weight: float = 1.0) -> dict[str, Tensor]:
-        """Training objective. Returns 'loss' (scalar: mean negative ELBO in bits/dim, with
-        kl_beta / free_bits / level_free_bits and the warm-up factor ``kl_weight`` applied to the KL)
-        and per-image 'elbo_bpd', 'flow_bpd', 'kl_bpd', 'dequant_bpd', 'kl_nats' (and 'z_mean', the
-        posterior mean, for a hybrid). The per-image terms are always the true bound."""
-        self._require_initialized("loss")
-        x_int = self._prepare(x)
-        t = self._terms(x_int)
-        out = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl"], self.num_dims, self.n_bits)
-        train_kl = t["kl"]
-        if self.hybrid and self.cfg.level_free_bits > 0 and "kl_level_dims" in t:
-            floored = sum(free_bits_kl(k, self.cfg.level_free_bits) for k in t["kl_level_dims"])
-            train_kl = train_kl - t["kl_levels"].sum(1) + floored
-        if self.hybrid and (self.cfg.free_bits > 0 or self.cfg.kl_beta != 1.0 or kl_weight != 1.0):
-            if self.cfg.free_bits > 0:  # on the global code; the level latents' KL is left as it is
-                if "kl_per_dim" in t:
-                    train_kl_global = free_bits_kl(t["kl_per_dim"], self.cfg.free_bits)
-                else:  # Monte-Carlo KL: floor the batch mean (per-image estimates are noisy, even negative)
-                    train_kl_global = t["kl_global"]
-                    floor = self.cfg.free_bits * self.cfg.z_dim
-                    if train_kl_global.mean() < floor:
-                        train_kl_global = torch.full_like(train_kl_global, floor)
-                train_kl = train_kl - t["kl_global"] + train_kl_global
-            train_kl = self.cfg.kl_beta * kl_weight * train_kl
-        train_bpd = out["flow_bpd"] + out["dequant_bpd"] + train_kl / (self.num_dims * LN2)
-        out["loss"] = train_bpd.mean()
-        if self.hybrid:
-            out["z_mean"] = t["mu"]
-            out["z_sample"] = t["z"]  # the drawn code (model.tc_weight's discriminator reads its global part)
-            out["kl_global_nats"] = t["kl_global"]
-            if "kl_levels" in t:
-                for lvl in range(t["kl_levels"].shape[1]):
-                    out[f"kl_level{lvl}_nats"] = t["kl_levels"][:, lvl]
-        return out
+    def loss(self, x: Tensor, kl_weight: Optional[float] = None) -> dict[str, Tensor]:
+        """The training objective (objective.py, ``Objective.loss``) under this model's ``loss:`` config.
+        The per-image terms are always the true bound."""
+        return self.objective.loss(self, x, kl_weight)
 
     @torch.no_grad()
     def log_prob(self, x: Tensor, k: int = 1, chunk: int = 256) -> Tensor:
         """Per-image estimate of log P(x) in nats (a lower bound): k=1 the ELBO, k>1 the
-        importance-weighted bound logsumexp_k(log w_k) - log k over k draws of (z, u)."""
+        importance-weighted bound over k draws of (code, u) (``Objective.log_prob``)."""
         self._check_count(k, "k")
         self._check_count(chunk, "chunk")
         self._require_initialized("log_prob")
-        x_int = self._prepare(x)
-        n = x_int.shape[0]
-        const = self.num_dims * self.n_bits * LN2
-        if k == 1:
-            t = self._terms(x_int)
-            return t["log_p_y"] - t["log_q_u"] - t["kl"] - const
-        posterior = self._posterior(x_int) if self.hybrid else None
-        per_pass = max(1, min(k, chunk // n))
-        log_w = []
-        done = 0
-        while done < k:
-            m = min(per_pass, k - done)
-            xr = x_int.repeat(m, 1, 1, 1)
-            post = tuple(p.repeat(m, 1) for p in posterior) if posterior is not None else None
-            t = self._terms(xr, posterior=post)
-            w = t["log_p_y"] - t["log_q_u"]
-            if self.hybrid:
-                w = w + t["log_p_z"] - t["log_q_z"]
-            log_w.append(w.view(m, n))
-            done += m
-        log_w = torch.cat(log_w, 0).double()
-        return (torch.logsumexp(log_w, 0) - math.log(k)).float() - const
+        return Objective.log_prob(self, x, k, chunk)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -278,7 +196,7 @@ class FlowVAE(nn.Module):
         Call once before training, on a large batch (train.init_batch_size)."""
         x_int = self._prepare(x)
         with data_dependent_init(self.glow):
-            self._terms(x_int)
+            self.terms(x_int)
         self.initialized.fill_(True)
 
     # ------------------------------------------------------ codes and images
@@ -289,8 +207,8 @@ class FlowVAE(nn.Module):
         local code eps (float [N, C, H, W]) with u at the centre of each bin."""
         self._require_initialized("encode")
         with torch.autocast(self.device.type, enabled=False):  # exact codes even under bf16/fp16 autocast
-            t = self._terms(self._prepare(x), deterministic=True)
-        return t["z"], t["eps"]
+            t = self.terms(self._prepare(x), deterministic=True)
+        return (self.latents.flatten(t["code"]) if t["code"] else None), t["eps"]
 
     @torch.no_grad()
     def decode(self, z: Optional[Tensor], eps: Tensor) -> Tensor:
@@ -301,17 +219,15 @@ class FlowVAE(nn.Module):
         if not isinstance(eps, Tensor) or eps.dim() != 4:
             raise ValueError(f"eps must be a float tensor [N, {', '.join(map(str, self.image_shape))}]")
         eps = eps.to(self.device, torch.float32)
-        levels = None
+        cond: tuple = (None, None)
         if self.hybrid:
             if z is None or z.dim() != 2 or z.shape[1] != self.code_dim:
                 raise ValueError(f"z must have shape [N, {self.code_dim}], got {None if z is None else list(z.shape)}")
             if z.shape[0] != eps.shape[0]:
                 raise ValueError(f"z and eps hold {z.shape[0]} and {eps.shape[0]} images")
-            z, levels = self.split_code(z.to(self.device, torch.float32))
-        else:
-            z = None
+            cond = self.split_code(z.to(self.device, torch.float32))
         with torch.autocast(self.device.type, enabled=False):  # the exact inverse of encode's float32 pass
-            y, _ = self.glow.inverse(eps, z, levels)
+            y, _ = self.glow.inverse(eps, *cond)
         x_int = torch.floor((y + 0.5) * 2**self.n_bits).clamp(0, 2**self.n_bits - 1)
         return self._to_uint8(x_int)
 
@@ -344,20 +260,16 @@ class FlowVAE(nn.Module):
                       noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """``resample_level`` on codes (from ``encode``): the code with one group re-drawn, the rest held."""
         n = code.shape[0]
-        z, levels = self.split_code(code.to(self.device, torch.float32))
+        name = self._group_name(level)
         shape = self.group_shape(level, n)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device)
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {list(shape)}, got {list(noise.shape)}")
-        noise = noise.to(self.device, torch.float32)
-        if level == "global":
-            z = self.prior.sample(n, temperature, noise=noise)
-        else:
-            lvl = int(level)
-            fixed = [None if i == lvl else t for i, t in enumerate(levels)]
-            levels = self.latents.sample(z, temperature, fixed=fixed, noise=[noise if i == lvl else None for i in range(len(levels))])
-        return torch.cat([z] + ([self.latents.join(levels)] if levels is not None else []), 1)
+        held = self.latents.unflatten(code.to(self.device, torch.float32))
+        held[name] = None  # re-drawn given its (held) parent; its children are held
+        new = self.latents.sample(n, temperature, fixed=held, noise={name: noise.to(self.device, torch.float32)}, device=self.device)
+        return self.latents.flatten(new)
 
     @torch.no_grad()
     def swap(self, x_local: Tensor, x_global: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Factor-VAE total-correlation penalty (Kim & Mnih 2018) on the global code z.
 
-    flowvae train --config configs/quickstart.yaml --out runs/tc model.tc_weight=10
+    flowvae train --config configs/quickstart.yaml --out runs/tc loss.tc_weight=10
 
 TC(z) = KL(q(z) || prod_j q(z_j)), with q(z) the aggregate posterior. A discriminator D tells
 samples of q(z) (codes z ~ q(z|x) of a batch) from samples of prod_j q(z_j) (the same batch with
@@ -65,7 +65,7 @@ class TCDiscriminator(nn.Module):
 
 
 class TCPenalty:
-    """The training-time pair (discriminator, its optimiser) for ``model.tc_weight`` > 0."""
+    """The training-time pair (discriminator, its optimiser) for ``loss.tc_weight`` > 0."""
 
     def __init__(self, z_dim: int, weight: float, device: torch.device):
         self.weight = weight

@@ -32,14 +32,14 @@ VARIANTS = {
     "zmap": ["model.type=hybrid", "model.z_maps=16"],
     "zmap_k31": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[3,1]"],
     "zmap_k11": ["model.type=hybrid", "model.z_maps=16", "model.coupling_kernels=[1,1]"],
-    "hier_zmap_fb": ["model.type=hybrid", "model.injection=hierarchical", "model.z_maps=16", "model.level_free_bits=0.05"],
+    "hier_zmap_fb": ["model.type=hybrid", "model.injection=hierarchical", "model.z_maps=16", "loss.level_free_bits=0.05"],
     # The decoder-capacity frontier (the Variational Lossy Autoencoder argument: a weaker flow leaves the
     # global structure to z), global injection throughout:
     "mid": ["model.type=hybrid", "model.steps=4", "model.hidden=64"],
     "small": ["model.type=hybrid", "model.steps=2", "model.hidden=32"],
     "small_k11": ["model.type=hybrid", "model.steps=2", "model.hidden=32", "model.coupling_kernels=[1,1]"],
     "hier_small": ["model.type=hybrid", "model.injection=hierarchical", "model.steps=2", "model.hidden=32",
-                   "model.level_free_bits=0.05"],
+                   "loss.level_free_bits=0.05"],
 }
 CHANGES = {
     "glow": "flow only (the bpd reference)",

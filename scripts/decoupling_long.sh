@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's longer-budget decoupling table: continue four runs of results/decoupling (75 min each) to
 # 110 min of training-step time, two of them with the training loss's KL weight lowered to 0.3 for the
-# extra 35 minutes (model.kl_beta may change on --resume; the reported bound always uses 1), all five at
+# extra 35 minutes (loss.kl_beta may change on --resume; the reported bound always uses 1), all five at
 # once with one thread each, then evaluate and analyze them with the same judge.
 #   bash scripts/decoupling_long.sh            (after scripts/ablation.py ... --out results/decoupling)
 set -euo pipefail
@@ -12,7 +12,7 @@ cp -r "$src/global" "$out/global_b03"; cp -r "$src/zmap" "$out/zmap_b03"
 rm -f "$out"/*/train_metrics.json "$out"/*/analysis.json "$out"/*/eval_full.json
 pids=()
 for m in glow global zmap global_b03 zmap_b03; do
-  beta=(); [[ $m == *_b03 ]] && beta=(model.kl_beta=0.3)
+  beta=(); [[ $m == *_b03 ]] && beta=(loss.kl_beta=0.3)
   flowvae train --out "$out/$m" --resume --no-progress train.max_minutes=110 train.threads=1 "${beta[@]}" \
     > "$out/train_$m.log" 2>&1 & pids+=($!)
 done

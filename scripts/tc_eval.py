@@ -2,7 +2,7 @@
 
     python scripts/tc_eval.py --train --runs runs/anomaly --classifier results/restore/classifier.pt --out results/tc
 
-Per gamma (``model.tc_weight``; gamma 0 is the ``hybrid`` run of scripts/anomaly_eval.py): a
+Per gamma (``loss.tc_weight``; gamma 0 is the ``hybrid`` run of scripts/anomaly_eval.py): a
 configs/quickstart.yaml-size hybrid (2 levels x 4 steps x 64, z 32) trained on full Fashion-MNIST for
 --steps steps with one thread (``--train`` trains the missing ones); then
 
@@ -56,7 +56,7 @@ def main():
             if not (run / "train_metrics.json").exists():
                 cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                                   COMMON + ["train.max_minutes=0", f"train.max_steps={a.steps}"]
-                                  + ([f"model.tc_weight={g:g}"] if g else []))
+                                  + ([f"loss.tc_weight={g:g}"] if g else []))
                 train(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False)
     data = load_config(None, ["data.dataset=fashion_mnist"]).data
     res = {}

@@ -86,7 +86,7 @@ def make_model():
 
     def make(*overrides: str, seed: int = 0, z_path_std=None, initialized: bool = True) -> FlowVAE:
         torch.manual_seed(seed)
-        model = FlowVAE(load_config(None, overrides=TINY + list(overrides)).model)
+        model = FlowVAE.from_config(load_config(None, overrides=TINY + list(overrides)))
         # The maths checked with these models do not depend on ActNorm's data-dependent init, which
         # loss / encode otherwise require; tests of initialize() pass initialized=False.
         model.initialized.fill_(initialized)

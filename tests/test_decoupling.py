@@ -62,7 +62,7 @@ def test_level_free_bits_change_the_training_loss_only(make_model, images):
     x = images(8)
     losses = {}
     for fb in (0.0, 5.0):
-        model = make_model("model.injection=hierarchical", f"model.level_free_bits={fb}", z_path_std=0.1)
+        model = make_model("model.injection=hierarchical", f"loss.level_free_bits={fb}", z_path_std=0.1)
         model.initialize(x)
         torch.manual_seed(1)
         out = model.loss(x)
@@ -93,8 +93,8 @@ def test_kl_warmup_weight(make_model, images):
     (["model.coupling_kernels=[3,5]"], "1 or 3"),
     (["model.level_steps=[2,0]"], ">= 1"),
     (["model.z_maps=4", "model.type=glow"], "hybrid"),
-    (["model.level_free_bits=-1"], "level_free_bits"),
-    (["train.kl_warmup_steps=-5"], "kl_warmup_steps"),
+    (["loss.level_free_bits=-1"], "level_free_bits"),
+    (["loss.kl_warmup_steps=-5"], "kl_warmup_steps"),
 ])
 def test_lever_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -85,7 +85,7 @@ def test_resume_applies_new_lr_and_refuses_changed_data_order(tmp_path):
     # the training loss's weights may change on resume; the architecture may not
     assert main(["train", "--out", out, "--resume", "--no-progress", "model.kl_beta=0.5", "train.max_steps=12"]) == 0
     _, cfg, state = load_checkpoint(out)
-    assert state["step"] == 12 and cfg.model.kl_beta == 0.5
+    assert state["step"] == 12 and cfg.loss.kl_beta == 0.5
     assert main(["train", "--out", out, "--resume", "--no-progress", "model.hidden=4", "train.max_steps=14"]) == 2
 
 

@@ -25,16 +25,23 @@ def make_hier(make_model, prior: str, *extra: str, seed: int = 0):
     """A tiny hierarchical model whose every latent path is live: the glow's zero-initialised parts,
     the posterior heads and the top-down prior are randomised (fresh they are the identity / N(0, I))."""
     model = make_model(*HIER, f"model.hier_prior={prior}", *extra, seed=seed, z_path_std=0.1)
-    randomize_(model.latents, 0.2, seed=seed + 1)
-    randomize_(model.encoder, 0.2, seed=seed + 2, only=lambda n: n.startswith("head"))
+    randomize_(model.latents, 0.2, seed=seed + 1, only=lambda n: n.startswith("groups."))
     return model
+
+
+def level_prior(model, lvl: int, code: dict):
+    """(mu, log_sigma) of p(z_lvl | its parent) for a named code."""
+    g = model.latents.groups[f"level{lvl}"]
+    parent = code[g.parent] if g.parent else None
+    n = next(iter(code.values())).shape[0]
+    return g.prior_params(parent, n, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("prior", PRIORS)
 def test_code_layout(make_model, prior):
     model = make_hier(make_model, prior)
     # TINY: 8x8 images, 2 levels -> z_0 [2, 4, 4], z_1 [2, 2, 2]; global z 4
-    assert model.latents.shapes == [(2, 4, 4), (2, 2, 2)]
+    assert model.latents.shapes() == {"global": (4,), "level0": (2, 4, 4), "level1": (2, 2, 2)}
     assert model.code_dim == 4 + 32 + 8
     groups = model.latent_groups()
     assert list(groups) == ["global", "level0", "level1"]
@@ -43,7 +50,8 @@ def test_code_layout(make_model, prior):
     z, levels = model.split_code(code)
     assert torch.equal(z, code[:, :4])
     assert torch.equal(levels[1].flatten(1), code[:, 36:])
-    assert torch.equal(model.latents.join(levels), code[:, 4:])
+    named = model.latents.unflatten(code)
+    assert torch.equal(named["level0"], levels[0]) and torch.equal(model.latents.flatten(named), code)
 
 
 @pytest.mark.parametrize("prior", PRIORS)
@@ -94,7 +102,7 @@ def test_decode_encode_and_swap_exact(make_model, images, prior):
 @pytest.mark.parametrize("prior", PRIORS)
 def test_kl_per_level_non_negative_and_sums_into_the_loss(make_model, images, prior):
     model = make_hier(make_model, prior)
-    half_kl = make_hier(make_model, prior, "model.kl_beta=0.5")
+    half_kl = make_hier(make_model, prior, "loss.kl_beta=0.5")
     x = images(6)
     torch.manual_seed(3)
     out = model.loss(x)
@@ -116,11 +124,14 @@ def test_topdown_kl_matches_torch_distributions(make_model, images):
         mu, ls = model._posterior(model._prepare(x))
         code = mu + ls.exp() * torch.randn_like(mu)
         z, levels = model.split_code(code)
-        kl_levels, log_p, _ = model.latents.kl_and_log_p(mu[:, 4:], ls[:, 4:], code[:, 4:], z)
-        mq, lq = model.latents.split(mu[:, 4:]), model.latents.split(ls[:, 4:])
+        named, mq, lq = model.latents.unflatten(code), model.latents.unflatten(mu), model.latents.unflatten(ls)
+        kl = model.latents.kl({n: (mq[n], lq[n]) for n in named}, named)
+        kl_levels = torch.stack([kl["level0"][0], kl["level1"][0]], 1)
+        log_p = model.latents.log_p(named) - model.latents.groups["global"].log_prior(z, None)
+        mq, lq = [mq["level0"], mq["level1"]], [lq["level0"], lq["level1"]]
         ref_kl, ref_lp = [], 0
         for lvl in range(2):
-            mp, lp = model.latents.level_prior(lvl, levels, z)
+            mp, lp = level_prior(model, lvl, named)
             assert lp.abs().max() > 1e-3 and mp.abs().max() > 1e-3  # the top-down prior is not N(0, I)
             p = Normal(mp.double(), lp.double().exp())
             ref_kl.append(kl_divergence(Normal(mq[lvl].double(), lq[lvl].double().exp()), p).flatten(1).sum(1))
@@ -136,9 +147,9 @@ def test_monte_carlo_kl_matches_analytic_and_iw_bound_tightens(make_model, image
     model = make_hier(make_model, prior)
     x = images(1).repeat(4000, 1, 1, 1)
     with torch.no_grad():
-        t = model._terms(model._prepare(x))
-    mc = (t["log_q_z"] - t["log_p_z"]).double()
-    assert abs(mc.mean() - t["kl"].double().mean()) < 4 * mc.std() / 4000 ** 0.5 + 1e-3
+        t = model.terms(model._prepare(x))
+    mc = (model.latents.log_q(t["posterior"], t["code"]) - model.latents.log_p(t["code"])).double()
+    assert abs(mc.mean() - t["kl_total"].double().mean()) < 4 * mc.std() / 4000 ** 0.5 + 1e-3
     xs = images(8, seed=5)
     elbo = torch.stack([model.log_prob(xs, k=1) for _ in range(8)]).mean()
     iw = model.log_prob(xs, k=32).mean()
@@ -163,7 +174,7 @@ def test_resample_level_changes_only_its_group(make_model, images, prior):
         if level == "global":
             expect = torch.cat([noise, code[:, 4:]], 1)
         else:
-            mp, lp = model.latents.level_prior(level, levels, z)
+            mp, lp = level_prior(model, level, model.latents.unflatten(code))
             new = mp + lp.exp() * noise
             expect = torch.cat([z] + [new.flatten(1) if j == level else t.flatten(1) for j, t in enumerate(levels)], 1)
         assert torch.equal(a, model.decode(expect, eps))
@@ -171,7 +182,7 @@ def test_resample_level_changes_only_its_group(make_model, images, prior):
         if level == "global":
             back = z
         else:
-            mp, lp = model.latents.level_prior(level, levels, z)
+            mp, lp = level_prior(model, level, model.latents.unflatten(code))
             back = (levels[level] - mp) / lp.exp()
         assert torch.equal(model.resample_level(x, level, noise=back), x)
     with pytest.raises(ValueError, match="level must be 'global' or a level 0..1"):

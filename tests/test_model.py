@@ -23,7 +23,7 @@ def randomize_head(model, std=0.3, seed=0):
     """Encoder head -> mu and log sigma of order 1 (so posterior variance matters)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.encoder.head.parameters():
+        for p in model.latents.groups["global"].head.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
 
@@ -40,14 +40,14 @@ def test_fresh_model_log_p_y_is_standard_normal(make_model, images, kind, n_bits
     # (zero-initialised), so the whole flow is orthogonal and log p(y) = sum_i log N(y_i; 0, 1).
     model = make_model(f"model.type={kind}", f"model.n_bits={n_bits}", f"model.image_channels={channels}")
     x = images(4, c=channels)
-    t = model._terms(model._prepare(x), deterministic=True)
+    t = model.terms(model._prepare(x), deterministic=True)
     y = (torch.div(x, 2 ** (8 - n_bits), rounding_mode="floor").double() + 0.5) / 2**n_bits - 0.5
     ref = std_normal_logprob(y)
     assert torch.allclose(t["log_p_y"].double(), ref, atol=1e-3, rtol=0)
     assert torch.allclose(t["eps"].flatten(1).norm(dim=1).double(), y.flatten(1).norm(dim=1), atol=1e-4)
     d = channels * 64
     assert model.num_dims == d
-    bpd = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl"], model.num_dims, model.n_bits)
+    bpd = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl_total"], model.num_dims, model.n_bits)
     assert torch.allclose(bpd["flow_bpd"].double(), (-ref + d * n_bits * LN2) / (d * LN2), atol=1e-5)
     assert torch.equal(t["log_q_u"], torch.zeros(4)) and torch.equal(bpd["dequant_bpd"], torch.zeros(4))
 
@@ -85,7 +85,7 @@ def test_loss_terms_add_up(make_model, images):
     torch.manual_seed(1)
     assert torch.allclose(nats_to_bpd(model.log_prob(x, k=1), model.num_dims), out["elbo_bpd"].detach(), atol=1e-5)
     # kl_beta weighs the KL in the training loss only
-    model.cfg.kl_beta = 3.0
+    model.objective.cfg.kl_beta = 3.0
     torch.manual_seed(1)
     out3 = model.loss(x)
     assert torch.allclose(out3["elbo_bpd"], out["elbo_bpd"])
@@ -132,8 +132,8 @@ def test_iw_bound_is_logmeanexp_of_importance_weights(make_model, images):
     with torch.no_grad():
         x_int = model._prepare(x)
         mu, log_sigma = model._posterior(x_int)
-        t = model._terms(x_int.repeat(k, 1, 1, 1), posterior=(mu.repeat(k, 1), log_sigma.repeat(k, 1)))
-    z = t["z"].double()
+        t = model.terms(x_int.repeat(k, 1, 1, 1), posterior={"global": (mu.repeat(k, 1), log_sigma.repeat(k, 1))})
+    z = t["code"]["global"].double()
     log_q_z = Normal(mu.repeat(k, 1).double(), log_sigma.repeat(k, 1).exp().double()).log_prob(z).sum(1)
     log_p_z = Normal(0.0, 1.0).log_prob(z).sum(1)
     log_w = (t["log_p_y"].double() + log_p_z - log_q_z - t["log_q_u"].double()).view(k, 3)
@@ -200,7 +200,7 @@ def test_three_channel_images(make_model, images):
     out = model.loss(x)
     assert torch.isfinite(out["loss"]) and out["elbo_bpd"].shape == (4,)
     out["loss"].backward()
-    assert model.encoder.stem.weight.grad.abs().sum() > 0
+    assert model.latents.encoder.stem.weight.grad.abs().sum() > 0
     assert torch.equal(model.decode(*model.encode(x)), x)
     assert model.sample(2).shape == (2, 3, 8, 8)
 
@@ -254,10 +254,10 @@ def test_flow_prior(make_model, images):
     # a trained (here: randomised) prior is not N(0, I) any more, and still samples and scores
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in model.prior.parameters():
+        for p in model.latents.groups["global"].prior.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
     z = torch.randn(8, 4)
-    assert not torch.allclose(model.prior.log_prob(z), Normal(0.0, 1.0).log_prob(z).sum(1), atol=1e-3)
+    assert not torch.allclose(model.latents.groups["global"].prior.log_prob(z), Normal(0.0, 1.0).log_prob(z).sum(1), atol=1e-3)
     assert torch.isfinite(model.loss(x)["loss"])
     s = model.sample(3, temperature=0.5, z_temperature=0.8)
     assert s.dtype == torch.uint8 and s.shape == (3, 1, 8, 8)
@@ -296,16 +296,16 @@ def test_gradients_reach_encoder_through_the_flow(make_model, images):
     x = images(4)
     fresh = make_model()
     out = fresh.loss(x)
-    g0, = torch.autograd.grad(out["flow_bpd"].mean(), fresh.encoder.head.weight)
+    g0, = torch.autograd.grad(out["flow_bpd"].mean(), fresh.latents.groups["global"].head.weight)
     assert torch.equal(g0, torch.zeros_like(g0))  # z enters through zero-initialised layers only
     model = make_model(z_path_std=0.1)
     out = model.loss(x)
-    g_flow, = torch.autograd.grad(out["flow_bpd"].mean(), model.encoder.head.weight, retain_graph=True)
-    g_kl, = torch.autograd.grad(out["kl_bpd"].mean(), model.encoder.head.weight, retain_graph=True)
+    g_flow, = torch.autograd.grad(out["flow_bpd"].mean(), model.latents.groups["global"].head.weight, retain_graph=True)
+    g_kl, = torch.autograd.grad(out["kl_bpd"].mean(), model.latents.groups["global"].head.weight, retain_graph=True)
     out["loss"].backward()
     assert g_flow.abs().max() > 1e-6
-    assert torch.allclose(model.encoder.head.weight.grad, g_flow + g_kl, atol=1e-7)
-    assert (model.encoder.head.weight.grad - g_kl).abs().max() > 1e-6
+    assert torch.allclose(model.latents.groups["global"].head.weight.grad, g_flow + g_kl, atol=1e-7)
+    assert (model.latents.groups["global"].head.weight.grad - g_kl).abs().max() > 1e-6
 
 
 # -------------------------------------------------------------------- checkpoints

@@ -131,11 +131,11 @@ def test_evaluation_and_level_priors_stay_float32_inside_autocast(make_model, im
     plain = evaluate(model, ds, k=2, batch_size=16, progress=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = evaluate(model, ds, k=2, batch_size=16, progress=False)
-        z = torch.randn(4, model.cfg.z_dim)
-        levels = model.latents.sample(z)
-        mu, ls = model.latents.level_prior(1, levels, z)
-        mu0, ls0 = model.latents.level_prior(0, levels, z)
+        code = model.latents.sample(4)
+        top, fine = model.latents.groups["level1"], model.latents.groups["level0"]
+        mu, ls = top.prior_params(code["global"], 4, code["global"].device)
+        mu0, ls0 = fine.prior_params(code["level1"], 4, code["global"].device)
     assert inside["elbo_bpd"] == plain["elbo_bpd"] and inside["iw2_bpd"] == plain["iw2_bpd"]
     assert {mu.dtype, ls.dtype, mu0.dtype, ls0.dtype} == {torch.float32}
-    ref_mu, _ = model.latents.level_prior(1, levels, z)
+    ref_mu, _ = top.prior_params(code["global"], 4, code["global"].device)
     assert torch.equal(mu, ref_mu)  # computed in float32, not rounded through bf16

@@ -139,7 +139,7 @@ def test_hybrid_gradients_match_standard(memory):
             assert _close(a, b), name
         else:  # behind the encoder's float32 head: float32 rounding
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
-    enc = [a for n, a in zip(names, ref[1:]) if n.startswith(("encoder.", "latents.heads"))]
+    enc = [a for n, a in zip(names, ref[1:]) if n.startswith(("latents.encoder.", "latents.groups."))]
     assert enc and all(a.abs().max() > 0 for a in enc)
 
 

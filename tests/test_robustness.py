@@ -125,7 +125,7 @@ def test_devices_that_do_not_exist(run, capsys):
 
 
 # ------------------------------------------------------------------ 3. non-finite and nonsensical values
-@pytest.mark.parametrize("override", ["train.lr=inf", "model.coupling_clamp=inf", "train.lr=nan", "model.kl_beta=inf"])
+@pytest.mark.parametrize("override", ["train.lr=inf", "model.coupling_clamp=inf", "train.lr=nan", "loss.kl_beta=inf"])
 def test_non_finite_settings_are_rejected(override, tmp_path, capsys):
     with pytest.raises(ConfigError, match="must be a finite number"):
         load_config(TINY, [override])

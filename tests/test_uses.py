@@ -203,14 +203,14 @@ def test_permute_dims_and_estimators():
 
 def test_tc_weight_config_errors():
     with pytest.raises(ConfigError, match="tc_weight"):
-        load_config(TINY, ["model.type=glow", "model.tc_weight=5"])
+        load_config(TINY, ["model.type=glow", "loss.tc_weight=5"])
     with pytest.raises(ConfigError, match="tc_weight"):
-        load_config(TINY, ["model.tc_weight=-1"])
+        load_config(TINY, ["loss.tc_weight=-1"])
 
 
 @pytest.mark.slow
 def test_tc_penalty_lowers_tc_and_resumes(tmp_path, single_thread):
-    runs = {g: _train(tmp_path / f"g{g}", 100, f"model.tc_weight={g}") for g in (0, 1000)}
+    runs = {g: _train(tmp_path / f"g{g}", 100, f"loss.tc_weight={g}") for g in (0, 1000)}
     cfg = load_config(TINY, QUIET)
     xtr = load_dataset(cfg.data, cfg.model, "train")[torch.arange(2000)][0]
     xte = load_dataset(cfg.data, cfg.model, "test")[torch.arange(500)][0]

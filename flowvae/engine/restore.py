@@ -108,23 +108,11 @@ def _objective(model, p: Tensor) -> Tensor:
     centre-of-bin dequantisation is replaced by p itself; z is the posterior mean of p's image."""
     top = 2**model.n_bits
     y = p / top - 0.5
-    z = levels = None
-    kl = 0.0
-    if model.hybrid:
-        # the encoder sees the same centred values it sees for integer images (x + 0.5) / 2^b - 0.5
-        mu, log_sigma = model._posterior(p - 0.5)
-        z, levels = model.split_code(mu)
-        d = model.cfg.z_dim
-        if model.prior.analytic_kl:
-            from ..objective import gaussian_kl_per_dim
-            kl = gaussian_kl_per_dim(mu[:, :d], log_sigma[:, :d]).sum(1)
-        else:  # flow prior: the one-point estimate log q(mu | x) - log p(mu)
-            from ..objective import gaussian_log_prob
-            kl = gaussian_log_prob(mu[:, :d], mu[:, :d], log_sigma[:, :d]) - model.prior.log_prob(z)
-        if model.latents is not None:
-            kl_l, _, _ = model.latents.kl_and_log_p(mu[:, d:], log_sigma[:, d:], mu[:, d:], z)
-            kl = kl + kl_l.sum(1)
-    log_p_y, _ = model.glow.log_prob(y, z, levels)
+    # the encoder sees the same centred values it sees for integer images (x + 0.5) / 2^b - 0.5
+    post = model.latents.posterior(model._centered(p - 0.5))
+    code = model.latents.draw(post, deterministic=True)
+    kl = sum(v[0] for v in model.latents.kl(post, code).values()) if code else 0.0
+    log_p_y, _ = model.glow.log_prob(y, *model.latents.conditioning(code))
     return log_p_y - kl
 
 

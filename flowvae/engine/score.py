@@ -67,9 +67,9 @@ def score_images(model, x: Tensor, k: int = 1, split: Optional[bool] = None) -> 
     kl = torch.zeros_like(total)
     with torch.autocast(model.device.type, enabled=False):
         for _ in range(k):
-            t = model._terms(x_int)
-            total += (-(t["log_p_y"] - t["log_q_u"] - t["kl"]) + const).double()
-            kl += t["kl"].double()
+            t = model.terms(x_int)
+            total += (-(t["log_p_y"] - t["log_q_u"] - t["kl_total"]) + const).double()
+            kl += t["kl_total"].double()
     bpd = (total / k * scale).cpu()
     out = {"bpd": bpd}
     if split:

@@ -64,7 +64,8 @@ import torch
 import yaml
 from torch import nn
 
-from ..checkpoint import CheckpointError, checkpoint_config, read_checkpoint, save_checkpoint
+from ..checkpoint import (CheckpointError, checkpoint_config, read_checkpoint, save_checkpoint, upgrade_optimizer_state,
+                          upgrade_state_dict)
 from ..config import Config
 from ..data import iterate_batches, load_dataset
 from ..model import FlowVAE
@@ -83,7 +84,6 @@ class TrainingError(RuntimeError):
 
 
 # Model-section keys that only weight the training loss, so a resumed run may change them.
-LOSS_KEYS = ("kl_beta", "free_bits", "level_free_bits")
 
 # A run stops when more than train.max_skip_fraction of its steps were skipped, judged from this many steps on.
 SKIP_CHECK_AFTER = 10
@@ -249,11 +249,10 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         # These decide the weights' shapes, the optimiser state or the data order: changing them mid-run
         # would silently repeat or skip data, or fail later. lr, warm-up, budgets, logging, precision,
         # grad_accum and the number of processes may change.
-        # The training loss's weights (model.kl_beta, free_bits, level_free_bits) may change: they shape the
-        # gradient, not the weights or the reported bound. model.coupling_impl only picks how the same
-        # weights are computed: it may change too (say, CPU -> GPU).
-        loss_keys = {k: getattr(cfg.model, k) for k in LOSS_KEYS + ("coupling_impl",)}
-        fixed = {"model": (dataclasses.replace(saved.model, **loss_keys), cfg.model), "data": (saved.data, cfg.data),
+        # The whole loss: section may change: it shapes the gradient, not the weights or the reported bound.
+        # model.coupling_impl only picks how the same weights are computed: it may change too (CPU -> GPU).
+        fixed = {"model": (dataclasses.replace(saved.model, coupling_impl=cfg.model.coupling_impl), cfg.model),
+                 "data": (saved.data, cfg.data),
                  "train.batch_size": (saved.train.batch_size, cfg.train.batch_size),
                  "train.seed": (saved.train.seed, cfg.train.seed),
                  "train.optimizer": (saved.train.optimizer, cfg.train.optimizer)}
@@ -286,19 +285,19 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     if t.eval_images > len(test_ds):
         say(f"note: train.eval_images={t.eval_images} is larger than the test set; evaluating on all {len(test_ds)} images")
 
-    model = FlowVAE.from_config(cfg.model).to(dev)
+    model = FlowVAE.from_config(cfg).to(dev)  # with cfg.loss: the objective (objective.py) it trains under
     model.glow.set_memory(t.memory)  # the EMA copy evaluates without a graph: it needs no setting
     logged = model_terms(model)  # the bound's terms, plus each latent group's KL for a hierarchical model
     opt, sched = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(dev.type, enabled=t.precision == "fp16")
     step, epoch, batch_in_epoch, skipped, train_seconds = 0, 0, 0, 0, 0.0
     tc = None
-    if cfg.model.tc_weight > 0:  # Factor-VAE: its discriminator trains alongside, outside the reported bound
+    if cfg.loss.tc_weight > 0:  # Factor-VAE: its discriminator trains alongside, outside the reported bound
         from ..tc import TCPenalty
-        tc = TCPenalty(cfg.model.z_dim, cfg.model.tc_weight, dev)
+        tc = TCPenalty(cfg.model.z_dim, cfg.loss.tc_weight, dev)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        model.load_state_dict(upgrade_state_dict(state["model"], cfg.model))
+        opt.load_state_dict(upgrade_optimizer_state(state["optimizer"], state["model"], model))
         sched.load_state_dict(state["scheduler"])
         # The loaded state carries the old lr / weight decay; apply this config's (overrides on resume work).
         sched.base_lrs = [t.lr for _ in opt.param_groups]
@@ -313,7 +312,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
             tc.load_state_dict(state["tc"])
         D.broadcast_module(model, info)
         ema = EMA(model, t.ema_decay, updates=step - skipped)
-        ema.model.load_state_dict(state["ema"])
+        ema.model.load_state_dict(upgrade_state_dict(state["ema"], cfg.model))
         was = state.get("world_size", 1)
         say(f"resumed {ckpt_path} at step {step} (epoch {epoch}, {train_seconds / 60:.1f} min trained)"
             + (f"; it ran on {was} process(es), now {world}" if was != world else ""))
@@ -383,8 +382,8 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                     tic = time.perf_counter()
                     opt.zero_grad(set_to_none=True)
                     chunks = x.split(micro)
-                    # KL warm-up (Sonderby et al. 2016, Ladder VAE): the training loss's KL weight ramps 0 -> 1.
-                    kl_weight = min(1.0, (step + 1) / t.kl_warmup_steps) if t.kl_warmup_steps else 1.0
+                    # beta times the KL warm-up (Sonderby et al. 2016, Ladder VAE): objective.py's schedule.
+                    kl_weight = model.objective.kl_scale(step)
                     local_finite, sums, loss_sum, step_bpd = True, {key: 0.0 for key in logged}, 0.0, 0.0
                     tc_codes: list = []
                     logging = step + 1 == 1 or (step + 1) % t.log_every == 0

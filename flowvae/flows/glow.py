@@ -198,13 +198,18 @@ class ConditionalGlow(nn.Module):
 
     def level_shapes(self) -> list[tuple[int, int, int]]:
         """(C, H, W) of the tensor each level's steps act on."""
-        c, h, w = self.image_shape
+        return self.shapes_of(self.image_shape, self.levels)
+
+    @staticmethod
+    def shapes_of(image_shape: Sequence[int], levels: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) each level acts on, for an image shape: squeeze, then keep half the channels (floor)
+        after every split (GaussianizeSplit.ck)."""
+        c, h, w = image_shape
         shapes = []
-        for lvl in range(self.levels):
+        for lvl in range(levels):
             c, h, w = c * 4, h // 2, w // 2
             shapes.append((c, h, w))
-            if lvl < self.levels - 1:
-                c = self.kept_channels[lvl]
+            c = c // 2
         return shapes
 
     # eps packing: undo the squeezes so the local code has the image's shape.

@@ -1,8 +1,8 @@
-"""Compression encoder: a conv ResNet from the image to q(z | x) = N(mu, diag sigma^2).
+"""Compression encoder trunk: a conv ResNet from the image to feature maps, one per Glow level.
 
 It works at the resolutions of the Glow levels (H/2, H/4, ...), so its feature maps line up with the
-resolutions the Glow levels act at; ``features(x)`` returns them keyed by
-height (VDVAE style), ready for per-level spatial latents (hierarchical.py).
+resolutions the Glow levels act at; ``features(x)`` returns them keyed by height (VDVAE style). Each
+latent group owns the head that turns these features into its posterior (global_code.py, hierarchical.py).
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ class ResBlock(nn.Module):
 
 class Encoder(nn.Module):
     """Stem (stride 2) -> per Glow level: residual blocks at that level's resolution (H / 2^(l+1)),
-    then a stride-2 conv to the next; the coarsest features give (mu, log sigma) through a linear head.
-    Nothing runs at full resolution: no Glow level acts there, and it would dominate the cost."""
+    then a stride-2 conv to the next. Nothing runs at full resolution: no Glow level acts there, and it
+    would dominate the cost."""
 
-    def __init__(self, in_channels: int, image_size: tuple[int, int], z_dim: int, width: int = 64, blocks: int = 1, levels: int = 2):
+    def __init__(self, in_channels: int, image_size: tuple[int, int], width: int = 64, blocks: int = 1, levels: int = 2):
         super().__init__()
         self.stem = nn.Conv2d(in_channels, width, 4, stride=2, padding=1)
         self.stages = nn.ModuleList()
@@ -40,9 +40,8 @@ class Encoder(nn.Module):
             if lvl < levels - 1:
                 self.downs.append(nn.Conv2d(width, width, 4, stride=2, padding=1))
                 h, w = h // 2, w // 2
-        self.act = nn.SiLU()
-        self.head = nn.Linear(width * h * w, 2 * z_dim)
-        self.z_dim = z_dim
+        self.width = width
+        self.coarsest = (h, w)
 
     def features(self, x: Tensor) -> dict[int, Tensor]:
         """Feature maps keyed by resolution (height), finest first; one per Glow level."""
@@ -55,12 +54,5 @@ class Encoder(nn.Module):
                 h = self.downs[lvl](h)
         return feats
 
-    def posterior(self, feats: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
-        """(mu, log_sigma) of q(z | x), in float32."""
-        coarsest = self.act(feats[min(feats)])
-        out = self.head(coarsest.flatten(1)).float()
-        mu, log_sigma = out.chunk(2, dim=1)
-        return mu, log_sigma.clamp(-10.0, 5.0)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.posterior(self.features(x))
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        return self.features(x)
