@@ -10,6 +10,7 @@
     flowvae resample-level --checkpoint runs/hier --level all --n 6 --m 7     # one grid per latent group
     flowvae analyze --checkpoint runs/hier --classifier runs/classifier.pt   # swap consistency, probes, KL
     flowvae score --checkpoint runs/quick --out scores.csv [--images my_folder/]  # anomaly scores per image
+    flowvae score --checkpoint runs/quick --reference runs/local --out scores.csv  # + lr_bpd vs a local flow
     flowvae inpaint --checkpoint runs/quick --mask bottom --n 8 --samples 3 --out inpaint.png
     flowvae denoise --checkpoint runs/quick --sigma 40 --n 8 --out denoise.png   # or --salt-pepper 0.1
 
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=NON_NEGATIVE, default=0, help="only the first N images (0 = all)")
     p.add_argument("--k", type=POSITIVE, default=1, help="draws of (z, u) averaged in the bound (default 1)")
+    p.add_argument("--reference", metavar="CHECKPOINT",
+                   help="a local background model (e.g. a model.type=glow model.coupling_kernels=[1,1] run on the same "
+                        "data): adds reference_bpd and the likelihood ratio lr_bpd = bpd - reference_bpd")
     p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--seed", type=int, default=0)
     _common(p, "CSV file (default: <run dir>/scores.csv)")

@@ -286,12 +286,13 @@ class FlowVAE(nn.Module):
         return self.decode(z, eps)
 
     # ------------------------------------------ uses: anomaly scores, inpainting, denoising
-    def score(self, x: Tensor, k: int = 1, split: Optional[bool] = None) -> dict[str, Tensor]:
+    def score(self, x: Tensor, k: int = 1, split: Optional[bool] = None, reference=None) -> dict[str, Tensor]:
         """Per-image anomaly scores in bits/dim, higher = more anomalous: 'bpd' (negative ELBO, k draws),
         'global_bpd' / 'local_bpd' (hybrid: KL of the code / the rest), 'complexity_bpd' (PNG code
-        length) and 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020). See engine/score.py."""
+        length), 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020) and, with a ``reference`` model
+        (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd). See engine/score.py."""
         from .engine.score import score_images
-        return score_images(self, x, k=k, split=split)
+        return score_images(self, x, k=k, split=split, reference=reference)
 
     def inpaint(self, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, **kw) -> dict[str, Tensor]:
         """Fill the pixels where the bool ``mask`` is True: {'map': uint8 [N, C, H, W], 'samples':

@@ -17,7 +17,7 @@ from flowvae.cli import main
 from flowvae.config import ConfigError
 from flowvae.data import load_dataset
 from flowvae.engine import restore
-from flowvae.engine.score import auroc, fpr_at_tpr
+from flowvae.engine.score import auroc, fpr_at_tpr, score_dataset
 from flowvae.engine.train import train
 from flowvae.tc import TCDiscriminator, estimate_tc, gaussian_tc, permute_dims
 
@@ -100,6 +100,65 @@ def test_score_cli_csv_and_user_folder(trained, tmp_path, capsys):
     assert len(lines) == 3 and "shirt.png" in out2.read_text()
     assert main(["score", "--checkpoint", str(run), "--images", str(tmp_path / "nothing"), "--out", str(out2)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_lr_score_of_a_model_against_itself_is_zero_and_mismatched_references_are_rejected(make_model, images,
+                                                                                          single_thread):
+    hybrid = make_model(z_path_std=0.3)
+    local = make_model("model.type=glow", "model.coupling_kernels=[1,1]", seed=1, z_path_std=0.3)
+    x = images(6)
+    for m in (hybrid, local):
+        s = m.score(x, k=2, reference=m)
+        # same random draws for model and reference: the ratio of a model to itself is exactly 0
+        assert torch.equal(s["lr_bpd"], torch.zeros(6)) and torch.equal(s["reference_bpd"], s["bpd"])
+    torch.manual_seed(3)
+    plain = hybrid.score(x)
+    torch.manual_seed(3)
+    s = hybrid.score(x, reference=local)
+    assert set(s) == set(plain) | {"reference_bpd", "lr_bpd"}
+    assert torch.equal(s["bpd"], plain["bpd"])  # the reference does not change the model's own draws
+    assert torch.allclose(s["lr_bpd"], s["bpd"] - s["reference_bpd"], atol=1e-5)
+    assert s["lr_bpd"].abs().min() > 1e-3  # a different model: a real difference
+    with pytest.raises(ValueError, match="n_bits=5 differs from the model's n_bits=8"):
+        hybrid.score(x, reference=make_model("model.type=glow", "model.n_bits=5"))
+    with pytest.raises(ValueError, match=r"image shape \[1, 16, 16\] .* differs from the model's \[1, 8, 8\]"):
+        hybrid.score(x, reference=make_model("model.type=glow", "model.image_size=16"))
+    with pytest.raises(ValueError, match=r"image shape \[3, 8, 8\]"):
+        score_dataset(hybrid, [], reference=make_model("model.image_channels=3"))  # checked before any data is read
+    with pytest.raises(TypeError, match="reference must be a FlowVAE"):
+        hybrid.score(x, reference="runs/local")
+
+
+def test_score_cli_reference(tmp_path, capsys, single_thread):
+    """``flowvae score --reference``: the lr_bpd column, and a one-line error for a mismatched reference."""
+    from dataclasses import asdict
+
+    from flowvae import FlowVAE
+    from flowvae.checkpoint import save_checkpoint
+
+    runs = {}
+    for name, extra in (("hybrid", []), ("local", ["model.type=glow", "model.coupling_kernels=[1,1]"]),
+                        ("bits5", ["model.type=glow", "model.n_bits=5"])):
+        cfg = load_config(TINY, extra)
+        torch.manual_seed(0)
+        m = FlowVAE.from_config(cfg)
+        m.initialize(load_dataset(cfg.data, cfg.model, "train")[torch.arange(128)][0])
+        save_checkpoint(tmp_path / name / "checkpoint.pt", {"model": m.state_dict(), "config": asdict(cfg), "step": 0})
+        runs[name] = str(tmp_path / name)
+    out = tmp_path / "s.csv"
+    assert main(["score", "--checkpoint", runs["hybrid"], "--reference", runs["local"], "--limit", "8",
+                 "--out", str(out)]) == 0
+    rows = [r.split(",") for r in out.read_text().splitlines()]
+    assert rows[0][-2:] == ["reference_bpd", "lr_bpd"] and len(rows) == 9
+    col = {k: i for i, k in enumerate(rows[0])}
+    for r in rows[1:]:
+        assert float(r[col["lr_bpd"]]) == pytest.approx(float(r[col["bpd"]]) - float(r[col["reference_bpd"]]), abs=2e-5)
+    assert "lr_bpd" in capsys.readouterr().out
+    assert main(["score", "--checkpoint", runs["hybrid"], "--reference", runs["bits5"], "--limit", "8",
+                 "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the reference model's n_bits=5") and "Traceback" not in err
+    assert not (tmp_path / "t.csv").exists()
 
 
 # ------------------------------------------------------------------ inpainting

@@ -10,7 +10,7 @@ import torch
 from ..data import load_dataset
 from ..visualize import save_grid
 from . import restore
-from .score import score_dataset
+from .score import check_reference, score_dataset
 
 
 def _user_images(path: str, model):
@@ -57,8 +57,15 @@ def _save_each(images, names, folder, suffix: str) -> None:
 def run_use(args, model, cfg, run_dir: Path) -> int:
     torch.manual_seed(args.seed)
     if args.command == "score":
+        reference = None
+        if args.reference:
+            from ..checkpoint import load_checkpoint
+
+            reference = load_checkpoint(args.reference, device=model.device)[0]
+            pass
         ds = _user_images(args.images, model) if args.images else load_dataset(cfg.data, cfg.model, args.split)
-        scores, labels = score_dataset(model, ds, k=args.k, batch_size=args.batch_size, limit=args.limit, progress=True)
+        scores, labels = score_dataset(model, ds, k=args.k, batch_size=args.batch_size, limit=args.limit, progress=True,
+                                       reference=reference)
         out = Path(args.out) if args.out else run_dir / "scores.csv"
         if out.suffix.lower() != ".csv":
             raise ValueError(f"--out must be a .csv file, got {out}")

@@ -15,9 +15,22 @@ Every score is "higher = more anomalous", per image, in bits/dim:
   simple images (blank, smooth) high likelihood because they are cheap to code for *any* model;
   subtracting what a generic compressor needs removes that and leaves what is specific to the data.
 
-The likelihood-ratio idea (Ren et al. 2019; Schirrmeister et al. 2020) is the same with a learned
-background model in place of PNG; ``global_bpd`` is the hybrid's own version (the flow's local model
-is divided out). ``auroc`` and ``fpr_at_tpr`` are the evaluation metrics (anomalies are positives).
+With a ``reference`` model (``score_images(..., reference=ref)``, ``FlowVAE.score(x, reference=ref)``,
+``flowvae score --reference CHECKPOINT``), two more:
+
+- ``reference_bpd``: the reference model's bpd of the same image;
+- ``lr_bpd = bpd - reference_bpd``: the likelihood ratio against a learned background model
+  (Ren et al. 2019; Schirrmeister et al. 2020), the same idea as ``ic_bpd`` with a learned model in
+  place of PNG. The reference should only be able to model *local* pixel statistics: a flow-only
+  Glow with 1x1 couplings (``model.type=glow model.coupling_kernels=[1,1]``: each coupling and split
+  prior sees one squeezed 2^l x 2^l block) trained on the same data. Smooth or blank images are cheap
+  for both models, so the ratio cancels the local part and leaves what the full model knows about
+  global structure. The reference must have the model's image shape and n_bits (else ValueError);
+  it is scored with the same random draws (dequantisation noise) as the model, so the difference
+  carries less Monte-Carlo noise and a model against itself scores exactly 0.
+
+``global_bpd`` is the hybrid's own version of the ratio (the flow's local model is divided out).
+``auroc`` and ``fpr_at_tpr`` are the evaluation metrics (anomalies are positives).
 """
 from __future__ import annotations
 
@@ -48,18 +61,22 @@ def png_bits(x: Tensor) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-@torch.no_grad()
-def score_images(model, x: Tensor, k: int = 1, split: Optional[bool] = None) -> dict[str, Tensor]:
-    """Per-image scores of uint8 images ``x`` [N, C, H, W] (see the module docstring), float32 CPU [N].
-    ``split``: include ``global_bpd`` / ``local_bpd`` (default: when the model is a hybrid; True on a
-    flow-only model is an error: it has no global code to split off)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if split is None:
-        split = model.hybrid
-    if split and not model.hybrid:
-        raise ValueError("a global/local split needs a global code: this is a flow-only (model.type=glow) model; "
-                         "its scores are bpd, complexity_bpd and ic_bpd")
+def check_reference(model, reference) -> None:
+    """ValueError unless ``reference`` can score the model's images (same image shape and n_bits)."""
+    for attr in ("image_shape", "n_bits", "num_dims"):
+        if not hasattr(reference, attr):
+            raise TypeError(f"reference must be a FlowVAE (a loaded checkpoint), got {type(reference).__name__}")
+    if tuple(reference.image_shape) != tuple(model.image_shape):
+        raise ValueError(f"the reference model's image shape {list(reference.image_shape)} (C, H, W) differs from the "
+                         f"model's {list(model.image_shape)}: train the reference on the same data (model.image_channels, "
+                         f"model.image_size)")
+    if reference.n_bits != model.n_bits:
+        raise ValueError(f"the reference model's n_bits={reference.n_bits} differs from the model's n_bits={model.n_bits}: "
+                         f"their bits/dim are not comparable; train the reference with model.n_bits={model.n_bits}")
+
+
+def _bound(model, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(negative ELBO, KL of the code) per image in bits/dim, float64 CPU [N], mean over k draws."""
     x_int = model._prepare(x)
     scale = 1.0 / (model.num_dims * LN2)
     const = model.num_dims * model.n_bits * LN2
@@ -70,29 +87,58 @@ def score_images(model, x: Tensor, k: int = 1, split: Optional[bool] = None) -> 
             t = model.terms(x_int)
             total += (-(t["log_p_y"] - t["log_q_u"] - t["kl_total"]) + const).double()
             kl += t["kl_total"].double()
-    bpd = (total / k * scale).cpu()
+    return (total / k * scale).cpu(), (kl / k * scale).cpu()
+
+
+@torch.no_grad()
+def score_images(model, x: Tensor, k: int = 1, split: Optional[bool] = None, reference=None) -> dict[str, Tensor]:
+    """Per-image scores of uint8 images ``x`` [N, C, H, W] (see the module docstring), float32 CPU [N].
+    ``split``: include ``global_bpd`` / ``local_bpd`` (default: when the model is a hybrid; True on a
+    flow-only model is an error: it has no global code to split off). ``reference``: a second model
+    (a local background flow) for ``reference_bpd`` and ``lr_bpd``."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if split is None:
+        split = model.hybrid
+    if split and not model.hybrid:
+        raise ValueError("a global/local split needs a global code: this is a flow-only (model.type=glow) model; "
+                         "its scores are bpd, complexity_bpd and ic_bpd")
+    ref_bpd = None
+    if reference is not None:
+        check_reference(model, reference)
+        # common random numbers: the reference runs on a fork of the RNG state the model then starts from
+        cuda = sorted({d.index or 0 for d in (model.device, reference.device) if d.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda):
+            ref_bpd, _ = _bound(reference, x, k)
+    bpd, kl = _bound(model, x, k)
     out = {"bpd": bpd}
     if split:
-        out["global_bpd"] = (kl / k * scale).cpu()
-        out["local_bpd"] = bpd - out["global_bpd"]
+        out["global_bpd"] = kl
+        out["local_bpd"] = bpd - kl
     out["complexity_bpd"] = png_bits(x.cpu()) / model.num_dims
     out["ic_bpd"] = bpd - out["complexity_bpd"]
+    if ref_bpd is not None:
+        out["reference_bpd"] = ref_bpd
+        out["lr_bpd"] = bpd - ref_bpd
     return {key: v.float() for key, v in out.items()}
 
 
 def score_dataset(model, ds, k: int = 1, batch_size: int = 256, limit: int = 0, split: Optional[bool] = None,
-                  progress: bool = False) -> tuple[dict[str, Tensor], Tensor]:
-    """``score_images`` over a dataset (the first ``limit`` images if > 0); returns (scores, labels)."""
+                  progress: bool = False, reference=None) -> tuple[dict[str, Tensor], Tensor]:
+    """``score_images`` over a dataset (the first ``limit`` images if > 0); returns (scores, labels).
+    ``reference``: a local background model (adds ``reference_bpd`` and ``lr_bpd``)."""
     from tqdm import tqdm
 
     from ..data import iterate_batches
 
+    if reference is not None:
+        check_reference(model, reference)
     n = len(ds) if not limit else min(limit, len(ds))
     parts: dict[str, list] = {}
     labels = []
     for x, y in tqdm(iterate_batches(ds, batch_size, indices=torch.arange(n)), total=-(-n // batch_size),
                      desc="score", disable=not progress, leave=False):
-        for key, v in score_images(model, x, k=k, split=split).items():
+        for key, v in score_images(model, x, k=k, split=split, reference=reference).items():
             parts.setdefault(key, []).append(v)
         labels.append(torch.as_tensor(y))
     return {key: torch.cat(v) for key, v in parts.items()}, torch.cat(labels)
