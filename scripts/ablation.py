@@ -53,6 +53,10 @@ CHANGES = {
     "small": "global with a 2 x 2 x 32 flow",
     "small_k11": "small + 1x1 couplings at both levels",
     "hier_small": "small + a spatial z_l per level, 0.05 free nats per z_l dim",
+    # scripts/frontier_beta.sh: the weakest decoders continued for 25 more minutes
+    "small_more": "small, 25 min more (control)",
+    "small_b03": "small, then KL weight 0.3 for 25 min more",
+    "small_k11_b03": "small_k11, then KL weight 0.3 for 25 min more",
     # scripts/decoupling_long.sh: the 75-minute runs continued to 110 minutes
     "global_b03": "global, then KL weight 0.3 for the last 35 min",
     "zmap_b03": "zmap, then KL weight 0.3 for the last 35 min",
