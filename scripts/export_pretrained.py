@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from flowvae.checkpoint import read_checkpoint, save_checkpoint
+from flowvae.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint, upgrade_state_dict
 from flowvae.pretrained import HERE
 
 
@@ -23,6 +23,7 @@ def main():
     a = ap.parse_args()
     state = read_checkpoint(a.run)
     weights = state["ema"] if state.get("ema") is not None else state["model"]
+    weights = upgrade_state_dict(weights, checkpoint_config(state, a.run).model)  # today's parameter names
     slim = {"model": {k: v.clone() for k, v in weights.items()}, "config": state["config"], "step": state["step"],
             "train_seconds": state["train_seconds"], "source": str(a.run)}
     out = HERE / f"{a.name}.pt"
