@@ -60,11 +60,13 @@ class FlowVAE(nn.Module):
     def from_config(cls, cfg: Union[ModelConfig, Config, dict]) -> "FlowVAE":
         if isinstance(cfg, Config):
             return cls(cfg.model, cfg.loss)
-        if isinstance(cfg, dict):
-            cfg = config_from_dict({"model": cfg}).model
+        if isinstance(cfg, dict):  # model.* keys (and the loss keys older configs kept there, e.g. kl_beta)
+            full = config_from_dict({"model": cfg})
+            return cls(full.model, full.loss)
         if not isinstance(cfg, ModelConfig):
-            raise TypeError(f"from_config takes a model config (load_config(...).model, a Config, or a dict of "
-                            f"model.* keys such as {{'type': 'hybrid'}}), got {type(cfg).__name__} {cfg!r}")
+            raise TypeError(f"from_config takes a Config (load_config(...), with its loss: section), a model config "
+                            f"(load_config(...).model; the default loss), or a dict of model.* keys such as "
+                            f"{{'type': 'hybrid'}}, got {type(cfg).__name__} {cfg!r}")
         return cls(cfg)
 
     @property

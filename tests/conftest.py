@@ -53,7 +53,7 @@ def poisoned_loss(at: set):
     real = FlowVAE.loss
     calls = {"n": 0}
 
-    def loss(self, x, kl_weight=1.0):
+    def loss(self, x, kl_weight=None):
         out = real(self, x, kl_weight)
         if self.training:
             calls["n"] += 1

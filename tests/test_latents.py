@@ -103,6 +103,13 @@ def test_loss_section_and_moved_keys():
         load_config(None, TINY + ["loss.free_bits=-1"])
     with pytest.raises(ConfigError, match="did you mean 'kl_beta'"):
         load_config(None, TINY + ["loss.kl_bata=1"])
+    # a dict of model keys, as older code wrote them, keeps its loss keys too
+    from dataclasses import asdict
+
+    from flowvae import FlowVAE
+
+    model = FlowVAE.from_config({**asdict(load_config(None, TINY).model), "kl_beta": 0.3})
+    assert model.objective.cfg.kl_beta == 0.3 and FlowVAE.from_config(cfg).objective.cfg.kl_beta == 0.25
     obj = Objective(cfg.loss)
     assert [obj.kl_scale(s) for s in (0, 1, 3, 10)] == [0.0625, 0.125, 0.25, 0.25] and obj.kl_scale() == 0.25
     assert obj.free_bits("global") == cfg.loss.free_bits and obj.free_bits("level0") == cfg.loss.level_free_bits

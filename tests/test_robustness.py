@@ -252,7 +252,7 @@ def test_api_arguments_are_checked(make_model, images, run):
     x = images(2)
     with pytest.raises(TypeError, match="x_local must be a torch.Tensor"):
         model.swap([x], [x])
-    with pytest.raises(TypeError, match="from_config takes a model config"):
+    with pytest.raises(TypeError, match="from_config takes a Config"):
         FlowVAE.from_config("hybrid")
     assert FlowVAE.from_config(load_config(TINY)).cfg.z_dim == 8  # a whole Config is fine too
     with pytest.raises(TypeError, match=r"use overrides=\['a.b=1'\]"):

@@ -167,7 +167,7 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, kl_weight: float = 1.0) -> dict:
+    def forward(self, x: torch.Tensor, kl_weight: Optional[float] = None) -> dict:
         return self.model.loss(x, kl_weight)
 
 
