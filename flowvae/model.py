@@ -168,9 +168,10 @@ class FlowVAE(nn.Module):
         """Per-image pieces of the bound for one draw of (code, u), in nats: 'log_p_y', 'log_q_u', 'eps',
         'posterior' and 'code' (named, see latents/base.py; empty for a flow-only model), 'kl'
         ({group: (KL [N], KL per dim or None)}) and 'kl_total' [N]. objective.py assembles the bound from them."""
-        u, log_q_u = self.dequantizer(self._centered(x_int), deterministic)
+        xc = self._centered(x_int)  # what the dequantiser and the encoder read
+        u, log_q_u = self.dequantizer(xc, deterministic)
         y = (x_int + u) / 2**self.n_bits - 0.5  # fixed shift, log-det 0
-        post = posterior if posterior is not None else self.latents.posterior(self._centered(x_int))
+        post = posterior if posterior is not None else self.latents.posterior(xc)
         code = self.latents.draw(post, deterministic)
         log_p_y, eps = self.glow.log_prob(y, *self.latents.conditioning(code))
         kl = self.latents.kl(post, code)

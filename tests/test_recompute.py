@@ -171,16 +171,22 @@ def test_recompute_saves_no_activations_per_step():
     assert saved[8]["checkpoint"] < saved[8]["standard"] / 3
 
 
+def _float32_case(size: int, steps: int, hidden: int):
+    """A randomised float32 2-level Glow conditioned on a 3-d z, a batch of 4 inputs, and the tensors
+    whose gradients the recompute tests compare (z first, then every parameter)."""
+    torch.manual_seed(0)
+    glow = ConditionalGlow((1, size, size), levels=2, steps=steps, hidden=hidden, cond_dim=3)
+    randomize_(glow, std=0.1)
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(4, 1, size, size, generator=g) - 0.5
+    z = torch.randn(4, 3, generator=g, requires_grad=True)
+    return glow, y, z, [z, *glow.parameters()]
+
+
 def test_recompute_float32_gradients_close_to_standard():
     """In float32 the rebuilt activations carry rounding; over 2 x 8 steps the gradients still agree
     to 1e-3 of their scale."""
-    torch.manual_seed(0)
-    glow = ConditionalGlow((1, 16, 16), levels=2, steps=8, hidden=16, cond_dim=3)
-    randomize_(glow, std=0.1)
-    g = torch.Generator().manual_seed(1)
-    y = torch.rand(4, 1, 16, 16, generator=g) - 0.5
-    z = torch.randn(4, 3, generator=g, requires_grad=True)
-    inputs = [z, *glow.parameters()]
+    glow, y, z, inputs = _float32_case(size=16, steps=8, hidden=16)
 
     def loss(mode):
         glow.set_memory(mode)
@@ -204,13 +210,7 @@ def test_recompute_under_bf16_autocast_matches_standard():
     """The backward pass re-enters the forward pass's autocast state. The rebuilt inputs carry float32
     rounding, which can flip a bf16 rounding in the coupling networks, so recompute agrees with standard
     backprop under bf16 to bf16's precision: its gradient error is no larger than bf16's own (bf16 vs fp32)."""
-    torch.manual_seed(0)
-    glow = ConditionalGlow((1, 8, 8), levels=2, steps=2, hidden=8, cond_dim=3)
-    randomize_(glow, std=0.1)
-    g = torch.Generator().manual_seed(1)
-    y = torch.rand(4, 1, 8, 8, generator=g) - 0.5
-    z = torch.randn(4, 3, generator=g, requires_grad=True)
-    inputs = [z, *glow.parameters()]
+    glow, y, z, inputs = _float32_case(size=8, steps=2, hidden=8)
 
     def loss(mode, bf16=True):
         glow.set_memory(mode)
