@@ -405,3 +405,12 @@ def test_coupling_net_matches_conv2d_values_and_gradients(vec, cmap, zmap, kerne
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
     assert all(gr.abs().max() > 0 for gr in grads)  # every input and parameter gets a gradient
+
+
+def test_squeeze_is_torchs_pixel_unshuffle():
+    """The hand-written squeeze (kept for speed on CPU) is torch's pixel (un)shuffle, channel order included:
+    checkpoints trained with either read the same."""
+    x = torch.randn(2, 3, 6, 4)
+    assert torch.equal(squeeze2x2(x), torch.nn.functional.pixel_unshuffle(x, 2))
+    y = torch.randn(2, 12, 3, 2)
+    assert torch.equal(unsqueeze2x2(y), torch.nn.functional.pixel_shuffle(y, 2))

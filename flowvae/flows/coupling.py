@@ -47,50 +47,71 @@ class _HiddenLayers(torch.autograd.Function):
     backward. ``b1`` is ``[hidden]``, per image ``[N, hidden]`` (the projected global code) or per pixel
     ``[N, HW, hidden]`` (plus the projected spatial map decoded from z).
 
-    Autograd would compute the same gradients, but its ReLU backward writes each masked gradient to
-    a new tensor; here the mask is applied in place to the gradient the matmul just produced, so the
-    two widest tensors of the Glow (pixels x hidden, per coupling) are written once less each. All
-    products run in ``dtype`` (the autocast dtype, or the input's); gradients are returned in the
+    Autograd would compute the same gradients; this saves memory passes over the two widest tensors of
+    the Glow (pixels x hidden, per coupling):
+
+    * the ReLU gradients are masked in place in the gradient the matmul just produced;
+    * the shared biases ride in the GEMMs as a column of ones appended to their inputs (``cols`` and
+      ``h1``), so no bias is broadcast-copied into an output (what ``addmm`` does on CPU) and the bias
+      gradients fall out of the weight gradients' last column instead of a separate sum.
+
+    All products run in ``dtype`` (the autocast dtype, or the input's); gradients are returned in the
     dtypes the inputs came in (float32 weights get float32 gradients).
     """
 
     @staticmethod
     def forward(ctx, cols, w1, b1, w2, b2, w3, dtype):
         n, hw, k = cols.shape
+        hidden = w1.shape[0]
+        shared = b1.dim() == 1  # one bias for all pixels: it goes in the GEMM
         with torch.autocast(cols.device.type, enabled=False):
-            c = cols.to(dtype).reshape(n * hw, k)
-            w1c, w2c, w3c = w1.to(dtype), w2.to(dtype), w3.to(dtype)
-            if b1.dim() == 1:
-                h1 = torch.addmm(b1.to(dtype), c, w1c.t())
-            else:  # a bias per image [N, 1, hidden] or per pixel [N, HW, hidden], + [N, HW, K] @ [K, hidden]
-                b = b1.to(dtype) if b1.dim() == 3 else b1.to(dtype)[:, None, :]
-                h1 = torch.baddbmm(b, c.view(n, hw, k), w1c.t().expand(n, -1, -1)).view(n * hw, -1)
+            c = cols.new_empty(n * hw, k + shared, dtype=dtype)
+            c[:, :k].view(n, hw, k).copy_(cols)
+            h1a = cols.new_empty(n * hw, hidden + 1, dtype=dtype)  # h1 and a column of ones (b2's input)
+            h1a[:, hidden] = 1
+            h1 = h1a[:, :hidden]
+            w1c = w1.to(dtype)
+            if shared:
+                c[:, k] = 1
+                torch.mm(c, torch.cat([w1c, b1.to(dtype)[:, None]], 1).t(), out=h1)
+            else:  # a bias per image [N, hidden] or per pixel [N, HW, hidden]
+                torch.mm(c, w1c.t(), out=h1)
+                h1.view(n, hw, hidden).add_(b1.to(dtype) if b1.dim() == 3 else b1.to(dtype)[:, None, :])
             h1.relu_()
-            h2 = torch.addmm(b2.to(dtype), h1, w2c.t()).relu_()
+            w2c = w2.to(dtype)
+            h2 = torch.mm(h1a, torch.cat([w2c, b2.to(dtype)[:, None]], 1).t()).relu_()
+            w3c = w3.to(dtype)
             taps = torch.mm(h2, w3c.t())
-        ctx.save_for_backward(c, h1, h2, w1c, w2c, w3c)
-        ctx.meta = (n, hw, b1.dim(), cols.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype, w3.dtype)
+        ctx.save_for_backward(c, h1a, h2, w1c, w2c, w3c)
+        ctx.meta = (n, hw, k, b1.dim(), cols.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype, w3.dtype)
         return taps.view(n, hw, -1)
 
     @staticmethod
     def backward(ctx, g):
-        c, h1, h2, w1c, w2c, w3c = ctx.saved_tensors
-        n, hw, b1_dim, t_cols, t_w1, t_b1, t_w2, t_b2, t_w3 = ctx.meta
+        c, h1a, h2, w1c, w2c, w3c = ctx.saved_tensors
+        n, hw, k, b1_dim, t_cols, t_w1, t_b1, t_w2, t_b2, t_w3 = ctx.meta
+        hidden = w1c.shape[0]
         need = ctx.needs_input_grad
         with torch.autocast(c.device.type, enabled=False):
             g = g.reshape(n * hw, -1).to(w3c.dtype)
             dw3 = torch.mm(g.t(), h2) if need[5] else None
             dh = torch.mm(g, w3c)
             _relu_grad_(dh, h2)  # ReLU, in place
-            db2 = dh.sum(0) if need[4] else None
-            dw2 = torch.mm(dh.t(), h1) if need[3] else None
+            dw2 = db2 = None
+            if need[3] or need[4]:
+                dw2b = torch.mm(dh.t(), h1a)  # [hidden, hidden + 1]: the last column is db2
+                dw2, db2 = dw2b[:, :hidden], dw2b[:, hidden]
             dh = torch.mm(dh, w2c)
-            _relu_grad_(dh, h1)
-            if need[2]:
-                db1 = dh.sum(0) if b1_dim == 1 else dh.view(n, hw, -1) if b1_dim == 3 else dh.view(n, hw, -1).sum(1)
+            _relu_grad_(dh, h1a[:, :hidden])
+            dw1 = db1 = None
+            if b1_dim == 1:
+                if need[1] or need[2]:
+                    dw1b = torch.mm(dh.t(), c)  # the last column is db1
+                    dw1, db1 = dw1b[:, :k], dw1b[:, k]
             else:
-                db1 = None
-            dw1 = torch.mm(dh.t(), c) if need[1] else None
+                if need[2]:
+                    db1 = dh.view(n, hw, -1) if b1_dim == 3 else dh.view(n, hw, -1).sum(1)
+                dw1 = torch.mm(dh.t(), c) if need[1] else None
             dcols = torch.mm(dh, w1c).view(n, hw, -1) if need[0] else None
         cast = lambda t, dt: None if t is None else t.to(dt)
         return (cast(dcols, t_cols), cast(dw1, t_w1), cast(db1, t_b1), cast(dw2, t_w2), cast(db2, t_b2),
