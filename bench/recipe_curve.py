@@ -3,7 +3,7 @@
     python bench/recipe_curve.py --minutes 60 --out runs/curve60      # train (or resume) both, score, plot
     python bench/recipe_curve.py --out runs/curve60 --no-train          # only score and plot finished runs
 
-Each recipe (``--recipes``, from ``RECIPES`` in bench/time_to_quality.py: ``today`` is Adamax 1e-3 with
+Each recipe (``--recipes``, from ``flowvae.config.TRAIN_RECIPES``: ``today`` is Adamax 1e-3 with
 500 warm-up steps and EMA weights; ``new`` is AdamW 2e-3, 200 warm-up steps, cosine decay to 0 at the
 end of the budget, raw weights) trains in its own process, all started together, one thread each, for the
 same budget of training-step minutes, on full Fashion-MNIST. A run that has a checkpoint is resumed, so
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from time_to_quality import RECIPES  # noqa: E402
+from flowvae.config import TRAIN_RECIPES as RECIPES  # noqa: E402
 
 
 def train_cmd(recipe: str, d: Path, a) -> list[str]:
@@ -53,7 +53,7 @@ def curve(d: Path) -> list[tuple[int, float]]:
 
 
 def score(recipe: str, d: Path, a) -> dict:
-    out = d / "test_full.json"
+    out = d / "eval_full.json"
     if not out.exists():
         subprocess.run([sys.executable, "-m", "flowvae", "evaluate", "--checkpoint", str(d), "--k", "1",
                         "--device", "cpu", "--out", str(out)], check=True, cwd=ROOT)

@@ -192,14 +192,14 @@ def _summary(cfg: Config, out: Path, model: FlowVAE, n_train: int, n_test: int, 
     kind = "flow-only Glow" if m.type == "glow" else f"hybrid (VAE + conditional Glow, {m.injection} injection)"
     how = {0: "auto", -1: "torch's default"}.get(t.threads, f"train.threads={t.threads}")
     where = f"{dev}" + (f", {threads} CPU thread{'s' if threads != 1 else ''} ({how})" if dev.type == "cpu" else "")
-    budget = f"{t.max_steps} steps" + (f" or {t.max_minutes:g} min of training steps" if t.max_minutes > 0 else "")
+    budget = f"{t.max_steps} steps" + (f" or {t.max_minutes:g} min of training steps (whichever first)" if t.max_minutes > 0 else "")
     every = f", every {t.checkpoint_every} steps" if t.checkpoint_every else ""
     c, h, w = model.image_shape
     print("\n".join([
         f"flowvae train ({'resuming' if resume else 'new run'}): {kind}, {params:,} parameters, {m.levels} levels x {m.steps} steps",
         f"  data        {data_name}: {n_train:,} train / {n_test:,} test images ({c}x{h}x{w}, {m.n_bits}-bit)",
         f"  device      {where}{f', {world} processes' if world > 1 else ''}",
-        f"  precision   {t.precision}, batch {t.batch_size}, lr {t.lr:g}, budget {budget} (whichever first)",
+        f"  precision   {t.precision}, batch {t.batch_size}, lr {t.lr:g}, budget {budget}",
         f"  checkpoint  {out / 'checkpoint.pt'}{every} (continue with --resume)",
         f"  tensorboard tensorboard --logdir {out / 'tb'}",
     ]), flush=True)
@@ -351,6 +351,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         })
 
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+    weights = "EMA weights" if t.ema_decay > 0 else "raw weights"  # what evaluation scores
     if main:
         _summary(cfg, out, model, len(train_ds), len(test_ds), getattr(train_ds, "name", cfg.data.dataset), dev,
                  threads, world, resume=state is not None)
@@ -474,7 +475,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                                 if key in logged or key.startswith("active_units"):
                                     writer.add_scalar(f"eval/{key}", v, step)
                             _log_images(writer, ema.model, test_x, step)
-                            bar.write(f"step {step}: test elbo_bpd {res['elbo_bpd']:.4f} ({res['images']} images, EMA)")
+                            bar.write(f"step {step}: test elbo_bpd {res['elbo_bpd']:.4f} ({res['images']} images, {weights})")
                     if t.checkpoint_every and step % t.checkpoint_every == 0:
                         checkpoint()
                     if step >= t.max_steps or train_seconds >= budget or stop_agreed:
@@ -527,5 +528,5 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
         writer.close()
         write_json(res, out / "train_metrics.json")
     say(f"done: step {step}, {train_seconds / 60:.1f} min training, test elbo_bpd {res['elbo_bpd']:.4f} "
-        f"on {res['images']} images (EMA); checkpoint {ckpt_path}")
+        f"on {res['images']} images ({weights}); checkpoint {ckpt_path}")
     return res
