@@ -11,6 +11,9 @@ an interrupted curve continues where it stopped. During training each run scores
 images every 500 steps (TensorBoard ``eval/elbo_bpd``); at the end each is scored on all 10,000 test
 images (``flowvae evaluate --k 1``: the ELBO, one dequantisation and one z draw per image).
 
+``--also NAME=RUN`` adds a finished run (e.g. the flow-only Glow of the README's table) to the table and
+plot. Where ``flowvae analyze`` has written ``<run>/analysis.json``, the table shows its swap results.
+
 Writes ``<out>/summary.json``, and ``--plot`` (PNG: test bound against training minutes, the minutes
 being steps times the run's mean step time) and prints a markdown table.
 """
@@ -33,14 +36,15 @@ from flowvae.config import TRAIN_RECIPES as RECIPES  # noqa: E402
 
 
 def train_cmd(recipe: str, d: Path, a) -> list[str]:
-    base = [sys.executable, "-m", "flowvae", "train", "--out", str(d), "--no-progress", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "flowvae", "train", "--out", str(d), "--no-progress", "--device", "cpu"]
     if (d / "checkpoint.pt").exists():
-        return base + ["--resume"]
-    overrides = [f"train.threads={a.threads}", f"train.max_minutes={a.minutes}", "train.checkpoint_every=200",
-                 "train.eval_every=500", "train.eval_images=1000", f"train.seed={a.seed}"]
+        return cmd + ["--resume"]
+    cmd += ["--config", str(ROOT / "configs" / "fashion_mnist.yaml"), f"train.threads={a.threads}",
+            f"train.max_minutes={a.minutes}", "train.checkpoint_every=200", "train.eval_every=500",
+            "train.eval_images=1000", f"train.seed={a.seed}"]
     if a.data_root:
-        overrides.append(f"data.root={a.data_root}")
-    return base[:4] + ["--config", str(ROOT / "configs" / "fashion_mnist.yaml")] + base[4:] + overrides + RECIPES[recipe]
+        cmd.append(f"data.root={a.data_root}")
+    return cmd + RECIPES[recipe]
 
 
 def curve(d: Path) -> list[tuple[int, float]]:
@@ -52,16 +56,23 @@ def curve(d: Path) -> list[tuple[int, float]]:
     return sorted(points.items())  # a resumed run may log a step twice: the last value wins
 
 
-def score(recipe: str, d: Path, a) -> dict:
+def score(d: Path, overrides) -> dict:
+    """The run's bound on all test images (scored once, cached in eval_full.json), its curve and, where
+    ``flowvae analyze`` has written <run>/analysis.json, its swap results."""
     out = d / "eval_full.json"
     if not out.exists():
         subprocess.run([sys.executable, "-m", "flowvae", "evaluate", "--checkpoint", str(d), "--k", "1",
                         "--device", "cpu", "--out", str(out)], check=True, cwd=ROOT)
     res = json.loads(out.read_text())
     ck = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
-    return {"steps": ck["step"], "train_minutes": round(ck["train_seconds"] / 60, 2),
-            "test_elbo_bpd": round(res["elbo_bpd"], 4), "images": res.get("images"), "kl_nats": res.get("kl_nats"),
-            "overrides": RECIPES[recipe], "curve_1000_images": curve(d)}
+    r = {"steps": ck["step"], "train_minutes": round(ck["train_seconds"] / 60, 2),
+         "test_elbo_bpd": round(res["elbo_bpd"], 4), "images": res.get("images"), "kl_nats": res.get("kl_nats"),
+         "overrides": overrides, "curve_1000_images": curve(d)}
+    if (d / "analysis.json").exists():
+        sw = json.loads((d / "analysis.json").read_text())["swap"]["global"]
+        r["swap_to_global_class"] = sw["to_global_class"]
+        r["follows_local"] = {"brightness": sw["brightness_follows_local"], "texture": sw["texture_follows_local"]}
+    return r
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -80,11 +91,11 @@ def plot(summary: dict, path: Path) -> None:
         ax.plot([r["train_minutes"]], [r["test_elbo_bpd"]], marker="*", ms=12, color=line.get_color(),
                 label=f"{recipe}: {r['test_elbo_bpd']:.3f} on all 10,000 test images")
     ax.set_xlabel("training minutes (1 thread)")
-    ax.set_ylabel("test elbo_bpd (first 1,000 images; bound)")
+    ax.set_ylabel("test elbo_bpd (first 1,000 images)")
     ax.set_ylim(top=min(5.0, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Hybrid (configs/fashion_mnist.yaml), recipes side by side")
+    ax.set_title("configs/fashion_mnist.yaml: training recipes side by side")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -95,13 +106,19 @@ def table(summary: dict) -> str:
     res = summary["results"]
     steps = sorted({s for r in res.values() for s, _ in r["curve_1000_images"]})
     every = [s for s in steps if s % 2000 == 0] or steps
-    head = "| recipe | " + " | ".join(f"step {s}" for s in every) + " | end: steps | end: minutes | end: test elbo_bpd (10,000) | KL nats |"
-    lines = [head, "|" + "---|" * (len(every) + 5)]
-    for recipe, r in res.items():
+    head = ("| run | " + " | ".join(f"step {s}" for s in every) + " | end: steps | end: minutes | end: test elbo_bpd "
+            "(10,000) | KL nats | swap → global class (cnn / logreg) | brightness / texture follow local |")
+    lines = [head, "|" + "---|" * (len(every) + 7)]
+    for name, r in res.items():
         c = dict(r["curve_1000_images"])
         cells = [f"{c[s]:.3f}" if s in c else "-" for s in every]
-        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {r['steps']} | {r['train_minutes']} | "
-                     f"{r['test_elbo_bpd']:.4f} | {r['kl_nats'] if r['kl_nats'] is None else round(r['kl_nats'], 1)} |")
+        kl = "-" if not r["kl_nats"] else f"{r['kl_nats']:.1f}"
+        sw = r.get("swap_to_global_class")
+        swap = f"{sw['cnn']:.3f} / {sw['logreg']:.3f}" if sw else "-"
+        fl = r.get("follows_local")
+        follow = f"{fl['brightness']:.2f} / {fl['texture']:.2f}" if fl else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['steps']} | {r['train_minutes']} | "
+                     f"{r['test_elbo_bpd']:.4f} | {kl} | {swap} | {follow} |")
     return "\n".join(lines)
 
 
@@ -113,6 +130,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default="")
     ap.add_argument("--no-train", action="store_true", help="only score and plot the runs under --out")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=RUN",
+                    help="another finished run to score and plot beside the recipes (not trained here)")
     ap.add_argument("--out", default="runs/curve60")
     ap.add_argument("--plot", default="results/recipe_curve/curve.png")
     a = ap.parse_args(argv)
@@ -140,7 +159,12 @@ def main(argv=None) -> dict:
     if missing:
         raise SystemExit(f"no checkpoint for {missing} under {out}: train them first (without --no-train)")
     summary = {"setup": {"config": "configs/fashion_mnist.yaml", "minutes": a.minutes, "threads": a.threads},
-               "results": {r: score(r, out / r, a) for r in recipes}}
+               "results": {r: score(out / r, RECIPES[r]) for r in recipes}}
+    for spec in a.also:
+        name, _, run = spec.partition("=")
+        if not run or not (Path(run) / "checkpoint.pt").exists():
+            raise SystemExit(f"--also {spec!r}: expected NAME=RUN with a checkpoint in RUN")
+        summary["results"][name] = score(Path(run), None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(table(summary))
     if a.plot:
