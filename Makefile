@@ -31,10 +31,10 @@ quickstart: setup
 	$(BIN)/flowvae swap --checkpoint $(RUN) --n 8 --out $(RUN)/swap.png
 	$(BIN)/flowvae reconstruct --checkpoint $(RUN) --n 8 --out $(RUN)/reconstruct.png
 	@echo "Three CPU minutes train a model that ranks, not one that draws well: the pictures below come from"
-	@echo "the model shipped in the package (pretrained:fashion_mnist_v2, trained an hour by the same code; README)."
-	$(BIN)/flowvae sample --checkpoint pretrained:fashion_mnist_v2 --n 64 --temperature 0.7 --out $(RUN)/pretrained_samples.png
-	$(BIN)/flowvae swap --checkpoint pretrained:fashion_mnist_v2 --n 8 --out $(RUN)/pretrained_swap.png data.dataset=fashion_mnist_sample
-	$(BIN)/flowvae reconstruct --checkpoint pretrained:fashion_mnist_v2 --n 8 --out $(RUN)/pretrained_reconstruct.png data.dataset=fashion_mnist_sample
+	@echo "the model shipped in the package (pretrained:fashion_mnist, trained an hour by the same code; README)."
+	$(BIN)/flowvae sample --checkpoint pretrained:fashion_mnist --n 64 --temperature 0.7 --out $(RUN)/pretrained_samples.png
+	$(BIN)/flowvae swap --checkpoint pretrained:fashion_mnist --n 8 --out $(RUN)/pretrained_swap.png data.dataset=fashion_mnist_sample
+	$(BIN)/flowvae reconstruct --checkpoint pretrained:fashion_mnist --n 8 --out $(RUN)/pretrained_reconstruct.png data.dataset=fashion_mnist_sample
 	@echo "quickstart done: see $(RUN)/ (samples.png, swap.png, reconstruct.png, eval_k16.json from your 3-minute model;"
 	@echo "pretrained_{samples,swap,reconstruct}.png from the shipped one; tensorboard --logdir $(RUN)/tb)"
 

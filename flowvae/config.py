@@ -98,19 +98,6 @@ class TrainConfig:
     memory: str = "standard"        # standard | recompute (rebuild activations from the flow's outputs) | checkpoint
 
 
-# Training recipes as train.* overrides, for the scripts that compare or pin them (bench/time_to_quality.py,
-# bench/recipe_curve.py, scripts/ablation.py). "today": Adamax 1e-3, 500 warm-up steps, EMA 0.999 (ramped)
-# weights for evaluation, the TrainConfig defaults and what configs/fashion_mnist.yaml shipped with until the
-# hour-long comparison in the README; "new": AdamW 2e-3, 200 warm-up steps, cosine decay to 0 at the end of
-# the budget, raw weights, which won it and is configs/fashion_mnist.yaml's recipe now.
-TRAIN_RECIPES = {
-    "today": ["train.optimizer=adamax", "train.lr=1e-3", "train.warmup_steps=500", "train.lr_schedule=constant",
-              "train.ema_decay=0.999"],
-    "new": ["train.optimizer=adamw", "train.lr=2e-3", "train.warmup_steps=200", "train.lr_schedule=cosine",
-            "train.ema_decay=0"],
-}
-
-
 @dataclass
 class EvalConfig:
     k: int = 128                    # importance samples for iw{K}_bpd

@@ -1,6 +1,6 @@
 """Count test images for which decode(encode(x)) != x (and swap(x, x) != x for a hybrid).
 
-    python scripts/check_roundtrip.py results/fashion_mnist/hybrid [--limit 10000]
+    python scripts/check_roundtrip.py experiments/ablation/equal_budget/hybrid [--limit 10000]
 """
 import argparse
 

@@ -18,7 +18,7 @@ from torch import nn
 # (CLI, torchrun) inherit OMP_NUM_THREADS.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
-# Subprocesses (scripts/*.py, torchrun workers) import this checkout's flowvae, whatever is installed.
+# Subprocesses (torchrun workers, experiment scripts) import this checkout's flowvae, whatever is installed.
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 

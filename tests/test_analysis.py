@@ -1,8 +1,6 @@
 """resample-level and the decoupling analysis (flowvae analyze) end to end on the tiny config, and the
 pieces the analysis is built from (the linear probe, the classifier cache)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -84,14 +82,6 @@ def test_analyze_end_to_end(runs, tmp_path, capsys):
     clf.write_bytes(b"not a checkpoint")
     assert main(["analyze", "--checkpoint", str(runs["glow"]), "--classifier", str(clf), *SMALL]) == 2
     assert "not a flowvae analyze classifier" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_analyze_script_wrapper(runs, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), "--checkpoint", str(runs["glow"]),
-                        "--out", str(tmp_path / "a.json"), *SMALL], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "probe_acc_eps" in json.loads((tmp_path / "a.json").read_text())
 
 
 def test_analyze_needs_labels(runs, tmp_path, capsys):

@@ -51,11 +51,28 @@ def test_shipped_model_from_the_cli(tmp_path, capsys):
     assert "no pretrained model 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name,levels", [("fashion_mnist_codes", 0), ("fashion_mnist_hier", 2), ("fashion_mnist_v2", 0)])
-def test_newer_models_ship_in_todays_layout(name, levels, sample_test):
-    """The two other shipped points of the decoupling frontier and the hour-long run of today's
-    configs/fashion_mnist.yaml recipe: written with today's parameter names (one module per latent
-    group), trained (a fresh model scores ~8 bits/dim), exact, and every latent group re-drawable."""
+@pytest.mark.parametrize("old,new", [("fashion_mnist_v2", "pretrained:fashion_mnist"),
+                                     ("fashion_mnist_hier", "pretrained:fashion_mnist_hierarchical"),
+                                     ("fashion_mnist_codes", "pretrained:fashion_mnist")])
+def test_retired_names_say_what_to_use(old, new, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", f"pretrained:{old}", "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no longer shipped" in err and new in err
+
+
+def test_every_shipped_model_says_what_it_is_and_how_it_was_trained():
+    from flowvae.pretrained import info
+
+    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical"]
+    for name in available():
+        meta = info(name)
+        assert meta["description"] and meta["trained_by"] and meta["eval_full"]["images"] == 10000
+
+
+@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2)])
+def test_shipped_models_in_todays_layout(name, levels, sample_test):
+    """Every shipped model: written with today's parameter names (one module per latent group), trained
+    (a fresh model scores ~8 bits/dim), exact, and every latent group re-drawable."""
     from flowvae.checkpoint import read_checkpoint
 
     weights = read_checkpoint(f"pretrained:{name}")["model"]

@@ -49,7 +49,7 @@ ACTIVE_VAR = 0.01
 
 class SmallCNN(nn.Module):
     """The judge of the swaps: two conv blocks and an MLP head (0.87 test accuracy on Fashion-MNIST after
-    the default 3 epochs; results/ablation)."""
+    the default 3 epochs; experiments/ablation/results)."""
 
     def __init__(self, channels: int, classes: int, image_size: tuple[int, int]):
         super().__init__()

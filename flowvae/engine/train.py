@@ -1,4 +1,4 @@
-"""The training engine behind ``flowvae train`` (and scripts/train.py): one process, or many under torchrun.
+"""The training engine behind ``flowvae train`` : one process, or many under torchrun.
 
     flowvae train --config configs/quickstart.yaml --out runs/quick
     flowvae train --config configs/fashion_mnist.yaml --out runs/fm train.max_minutes=25

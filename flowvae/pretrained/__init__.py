@@ -1,20 +1,35 @@
-"""Models trained by flowvae's own scripts and shipped inside the package.
+"""Models trained by flowvae's own commands and shipped inside the package.
 
-``load_checkpoint("pretrained:fashion_mnist")`` and ``--checkpoint pretrained:fashion_mnist`` on the
-CLI load them. Each is the EMA weights and config of a run, written by ``scripts/export_pretrained.py``;
-its metrics sit beside it in ``<name>.json``, and how it was trained in the README ("Pretrained model").
+``load_checkpoint("pretrained:fashion_mnist")`` and ``--checkpoint pretrained:fashion_mnist`` on the CLI
+load them; ``flowvae pretrained`` lists them. Each is the weights and config of a run, written by
+``scripts/export_pretrained.py``; ``<name>.json`` beside it holds what it is for, the command that trained
+it, and its metrics on the full test set.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Union
 
 PREFIX = "pretrained:"
 HERE = Path(__file__).resolve().parent
 
+# Names that were shipped by earlier versions: what to use instead.
+RETIRED = {
+    "fashion_mnist_v2": "it is now pretrained:fashion_mnist (the same weights)",
+    "fashion_mnist_hier": "it is now pretrained:fashion_mnist_hierarchical (the same weights)",
+    "fashion_mnist_codes": "it was superseded by pretrained:fashion_mnist, which has both a lower bound and a "
+                           "stronger swap",
+}
+
 
 def available() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.pt"))
+
+
+def info(name: str) -> dict:
+    """What ``<name>.json`` says of a shipped model: description, trained_by, step, train_minutes, metrics."""
+    return json.loads((HERE / f"{name}.json").read_text())
 
 
 def is_pretrained(path: Union[str, Path]) -> bool:
@@ -28,6 +43,8 @@ def resolve(path: Union[str, Path]) -> Path:
     name = path[len(PREFIX):]
     file = HERE / f"{name}.pt"
     if not file.is_file():
+        if name in RETIRED:
+            raise FileNotFoundError(f"pretrained:{name} is no longer shipped: {RETIRED[name]}")
         have = ", ".join(PREFIX + n for n in available()) or "none in this installation"
-        raise FileNotFoundError(f"no pretrained model {name!r}; available: {have}")
+        raise FileNotFoundError(f"no pretrained model {name!r}; available: {have} (flowvae pretrained lists them)")
     return file
