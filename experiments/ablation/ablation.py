@@ -5,7 +5,7 @@
     python experiments/ablation/ablation.py --models glow,global,zmap,zmap_k31,zmap_k11,hier_zmap_fb \
         --minutes 75 --iw-limit 0 --out experiments/decoupling/results               # the decoupling levers (README)
     python experiments/ablation/ablation.py --models glow,global,mid,small,small_k11,hier_small \
-        --minutes 75 --iw-limit 0 --out experiments/decoupling/frontier                 # decoder capacity against swap (README)
+        --minutes 72 --iw-limit 0 --out experiments/decoupling/frontier                 # decoder capacity against swap (README)
 
 Trains configs/fashion_mnist.yaml, with the recipe the README's ablations were measured with
 (``--config``, default configs/fashion_mnist_adamax.yaml: Adamax, EMA weights), once per variant (same flow: 2 levels x 8
@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = {
     "glow": ["model.type=glow"],
