@@ -42,12 +42,16 @@ def _subcommands(parser: argparse.ArgumentParser):
     raise PluginError("cli_reference: the flowvae parser has no subcommands")
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a '|' in a help text would end the table cell
+
+
 def render() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it so the page is stable
     parser = _build_parser()
     commands = list(_subcommands(parser))
     out = ["| command | what it does |", "|---|---|"]
-    out += [f"| [`flowvae {name}`](#{name}) | {summary} |" for name, summary, _ in commands]
+    out += [f"| [`flowvae {name}`](#{name}) | {_cell(summary)} |" for name, summary, _ in commands]
     out += ["", "```text", parser.format_help().rstrip(), "```", ""]
     for name, summary, sub in commands:
         out += [f"## {name}", "", summary, "", "```text", sub.format_help().rstrip(), "```", ""]
