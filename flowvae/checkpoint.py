@@ -10,17 +10,22 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from .config import Config, ConfigError, config_from_dict
+from .errors import FileFormatError, FlowVAEError
 
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(FlowVAEError, RuntimeError):
+    """A checkpoint that cannot be found, read, written or matched to its model."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint at the given path (or no shipped model of that name)."""
 
 
 def clean_state_dict(sd: dict) -> dict:
@@ -107,14 +112,54 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
 
 
 def _why_unreadable(e: Exception) -> str:
-    """The reason a checkpoint failed to load, without torch's advice to load it with weights_only=False
+    """The reason a torch file failed to load, without torch's advice to load it with weights_only=False
     (that would run whatever code the file holds)."""
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
         return ("it holds Python objects that a safe load (weights_only=True) refuses; flowvae never writes "
                 "those, so the file is from another program or has been altered")
+    if isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
+        return "it ends early: the file is truncated or damaged"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(e).__name__}: {first[:300]}"
+
+
+# The first bytes of files people pass by mistake where a torch file is expected.
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x93NUMPY", "a NumPy .npy file"))
+
+
+def describe_file(path: Union[str, Path]) -> Optional[str]:
+    """What a file that should hold torch tensors is instead ("an empty file", "a PNG image", "a text
+    file", ...), from its first bytes; None when it starts like a torch file (a zip archive or a pickle)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a torch file (it starts with neither a zip archive nor a pickle)"
+    return "a text file" if b"\0" not in head else "not a torch file"
+
+
+def load_torch_file(path: Union[str, Path], what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU for a file the user gave (a checkpoint, a mask):
+    FileFormatError naming ``what`` the file is instead, or why it cannot be read, and never torch's
+    advice to load it unsafely."""
+    kind = describe_file(path)
+    if kind is not None:
+        raise FileFormatError(f"{path} is not a readable {what}: it is {kind}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files raise many different errors (EOFError, KeyError, ...)
+        raise FileFormatError(f"{path} is not a readable {what} ({_why_unreadable(e)})") from None
 
 
 def checkpoint_file(path: Union[str, Path]) -> Path:
@@ -122,28 +167,35 @@ def checkpoint_file(path: Union[str, Path]) -> Path:
     package), with a clear error when there is none."""
     from .pretrained import resolve
 
-    path = resolve(path)
+    try:
+        path = resolve(path)
+    except FileNotFoundError as e:  # an unknown or retired pretrained:NAME
+        raise CheckpointNotFound(str(e)) from None
     if path.is_dir():
         inner = path / "checkpoint.pt"
         if path.name.endswith(".pt") or inner.is_dir():
             bad = inner if inner.is_dir() else path
             raise CheckpointError(f"{bad} is a directory, not a checkpoint file")
         if not inner.exists():
-            raise FileNotFoundError(f"no checkpoint in {path}: a run directory holds checkpoint.pt after its first "
+            raise CheckpointNotFound(f"no checkpoint in {path}: a run directory holds checkpoint.pt after its first "
                                     f"checkpoint (pass the run directory or the .pt file)")
         path = inner
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (pass the file, or the run directory holding checkpoint.pt)")
+        raise CheckpointNotFound(f"checkpoint not found: {path} (pass the file, or the run directory holding checkpoint.pt)")
     return path
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
     path = checkpoint_file(path)
+    kind = describe_file(path)
+    if kind is not None and "image" in kind:
+        raise CheckpointError(f"{path} is not a readable flowvae checkpoint: it is {kind}. Pass a run directory "
+                              f"or the checkpoint.pt in it (or pretrained:NAME; flowvae pretrained lists them).")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files raise many different errors
-        raise CheckpointError(f"{path} is not a readable flowvae checkpoint ({_why_unreadable(e)}). "
-                              f"It may be truncated or from another program; use an earlier checkpoint or retrain.") from None
+        state = load_torch_file(path, "flowvae checkpoint")
+    except FileFormatError as e:
+        raise CheckpointError(f"{e}. It may be truncated or from another program; use an earlier checkpoint "
+                              f"or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a flowvae checkpoint (it lacks 'model' or 'config')")
     return state
