@@ -226,7 +226,10 @@ class ModelCommand(Command):
         return [Output("--out", path, suffix=Path(default).suffix)]
 
     def check(self, job: Job) -> None:
-        """Refuse arguments that cannot work with this model, before the work (UsageError)."""
+        """Refuse arguments that cannot work with this model, before the work (UsageError), and prepare
+        the inputs (by default the test images --first .. --first + --n - 1 as job.inputs["x"])."""
+        if "test_images" in self.options:
+            job.inputs["x"] = _test_images(job, job.args.first, job.args.n)
 
     def grid_images(self, job: Job) -> int:
         """How many image tiles the output grid holds (0: no grid)."""
@@ -507,7 +510,7 @@ class Swap(ModelCommand):
     def work(self, job):
         from .engine import generate
 
-        imgs, nrow = generate.swap_grid(job.model, _test_images(job, job.args.first, job.args.n))
+        imgs, nrow = generate.swap_grid(job.model, job.inputs["x"])
         _save_grid(job, imgs, nrow, ["Swap: each row keeps the local code (eps) of the image in the left column; "
                                      "each column takes the global code z of the image in the top row. Diagonal: "
                                      "an image with its own codes."])
@@ -530,7 +533,7 @@ class Reconstruct(ModelCommand):
     def work(self, job):
         from .engine import generate
 
-        imgs, nrow = generate.reconstruct_grid(job.model, _test_images(job, job.args.first, job.args.n), m=self.draws)
+        imgs, nrow = generate.reconstruct_grid(job.model, job.inputs["x"], m=self.draws)
         _save_grid(job, imgs, nrow, ["Per row: a test image, its reconstruction, then the same local code (eps) "
                                      "with the global code z drawn from the prior: what changes is what z controls."])
 
@@ -549,6 +552,9 @@ class Interpolate(ModelCommand):
         p.add_argument("--steps", type=_count(2), default=10, help="images per row, ends included (default: %(default)s)")
         p.add_argument("--first", type=NON_NEGATIVE, default=0, help="index of the first test image (default: 0)")
 
+    def check(self, job):
+        job.inputs["x"] = _test_images(job, job.args.first, 2 * job.args.pairs)
+
     def grid_images(self, job):
         return job.args.pairs * 3 * job.args.steps
 
@@ -558,8 +564,7 @@ class Interpolate(ModelCommand):
     def work(self, job):
         from .engine import generate
 
-        a = job.args
-        x = _test_images(job, a.first, 2 * a.pairs)
+        a, x = job.args, job.inputs["x"]
         imgs, nrow = generate.interpolate_grid(job.model, x[: a.pairs], x[a.pairs :], a.steps)
         _save_grid(job, imgs, nrow, ["Per pair (a, b), three rows from a (left) to b (right): z moves with a's eps; "
                                      "eps moves with a's z; both move." if job.model.hybrid else
@@ -603,6 +608,7 @@ class ResampleLevel(ModelCommand):
 
     def check(self, job):
         job.inputs["groups"] = self._groups(job)
+        super().check(job)
 
     def grid_images(self, job):
         return job.args.n * (job.args.m + 1)
@@ -611,8 +617,7 @@ class ResampleLevel(ModelCommand):
         from .engine import generate
         from .visualize import save_grid
 
-        a, out = job.args, job.out["--out"]
-        x = _test_images(job, a.first, a.n)
+        a, out, x = job.args, job.out["--out"], job.inputs["x"]
         for name in job.inputs["groups"]:
             level = "global" if name == "global" else int(name[len("level"):])
             imgs, nrow = generate.resample_level_grid(job.model, x, level, a.m, a.temperature, seed=a.seed)
