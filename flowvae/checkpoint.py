@@ -7,15 +7,15 @@ DDP/compile prefixes ('module.', '_orig_mod.') are stripped on save and load.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
 from .config import Config, ConfigError, config_from_dict
 from .errors import FileFormatError, FlowVAEError
+from .runtime import _why_unreadable, describe_file, load_torch_file  # noqa: F401  (re-exported)
 
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -109,57 +109,6 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
         old = " the previous checkpoint there is unchanged;" if path.is_file() else ""
         raise CheckpointError(f"cannot write checkpoint {path}: {describe_write_error(path, e)};{old} "
                               f"free some space (or fix the folder) and continue with --resume") from None
-
-
-def _why_unreadable(e: Exception) -> str:
-    """The reason a torch file failed to load, without torch's advice to load it with weights_only=False
-    (that would run whatever code the file holds)."""
-    text = str(e)
-    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
-        return ("it holds Python objects that a safe load (weights_only=True) refuses; flowvae never writes "
-                "those, so the file is from another program or has been altered")
-    if isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
-        return "it ends early: the file is truncated or damaged"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(e).__name__}: {first[:300]}"
-
-
-# The first bytes of files people pass by mistake where a torch file is expected.
-_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x93NUMPY", "a NumPy .npy file"))
-
-
-def describe_file(path: Union[str, Path]) -> Optional[str]:
-    """What a file that should hold torch tensors is instead ("an empty file", "a PNG image", "a text
-    file", ...), from its first bytes; None when it starts like a torch file (a zip archive or a pickle)."""
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    if not head:
-        return "an empty file"
-    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
-        return None
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not a torch file (it starts with neither a zip archive nor a pickle)"
-    return "a text file" if b"\0" not in head else "not a torch file"
-
-
-def load_torch_file(path: Union[str, Path], what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU for a file the user gave (a checkpoint, a mask):
-    FileFormatError naming ``what`` the file is instead, or why it cannot be read, and never torch's
-    advice to load it unsafely."""
-    kind = describe_file(path)
-    if kind is not None:
-        raise FileFormatError(f"{path} is not a readable {what}: it is {kind}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files raise many different errors (EOFError, KeyError, ...)
-        raise FileFormatError(f"{path} is not a readable {what} ({_why_unreadable(e)})") from None
 
 
 def checkpoint_file(path: Union[str, Path]) -> Path:

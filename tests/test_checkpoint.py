@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from flowvae import FlowVAE, load_checkpoint, load_config
-from flowvae.checkpoint import (CheckpointError, CheckpointNotFound, checkpoint_file, describe_file, load_torch_file,
-                                read_checkpoint, save_checkpoint)
-from flowvae.errors import FileFormatError, FlowVAEError
+from flowvae.checkpoint import CheckpointError, CheckpointNotFound, checkpoint_file, read_checkpoint, save_checkpoint
+from flowvae.errors import FlowVAEError
 
 from conftest import TINY
 
@@ -85,24 +84,3 @@ def test_an_image_passed_as_a_checkpoint_is_called_an_image(tmp_path):
         read_checkpoint(png)
     msg = str(e.value)
     assert "it is a PNG image" in msg and "safe load" not in msg and "run directory" in msg
-
-
-@pytest.mark.parametrize("content,kind", [(b"", "an empty file"), (b"model: {}\n", "a text file"),
-                                          (b"\x89PNG\r\n\x1a\n" + bytes(32), "a PNG image"),
-                                          (b"\xff\xd8\xff\xe0" + bytes(32), "a JPEG image")])
-def test_files_that_are_not_torch_files_are_named(tmp_path, content, kind):
-    path = tmp_path / "f.pt"
-    path.write_bytes(content)
-    assert describe_file(path) == kind
-    with pytest.raises(FileFormatError, match=f"is not a readable mask file: it is {kind}"):
-        load_torch_file(path, "mask file")
-
-
-def test_torch_files_load_and_truncated_ones_say_so(tmp_path):
-    good = tmp_path / "m.pt"
-    torch.save(torch.ones(3, dtype=torch.bool), good)
-    assert describe_file(good) is None and load_torch_file(good, "mask").tolist() == [True, True, True]
-    cut = tmp_path / "cut.pt"
-    cut.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(FileFormatError, match="truncated"):
-        load_torch_file(cut, "mask")

@@ -3,15 +3,13 @@ the real cause, and progress reports that suit a log file."""
 import errno
 import os
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 
-from flowvae.errors import FlowVAEError
+from flowvae.errors import FileFormatError, FlowVAEError
 from flowvae.runtime import (DeviceError, OutputError, Progress, apply_threads, check_output, default_threads,
-                             describe_write_error, resolve_device)
+                             describe_file, describe_write_error, load_torch_file, resolve_device)
 
 
 def test_devices_that_do_not_exist():
@@ -99,3 +97,24 @@ def test_a_write_error_without_a_path_does_not_blame_the_working_directory():
     assert said == "the disk is full"
     said = describe_write_error("/somewhere/run/checkpoint.pt", OSError(errno.EROFS, "Read-only file system"))
     assert said == "the file system is read-only"
+
+
+@pytest.mark.parametrize("content,kind", [(b"", "an empty file"), (b"model: {}\n", "a text file"),
+                                          (b"\x89PNG\r\n\x1a\n" + bytes(32), "a PNG image"),
+                                          (b"\xff\xd8\xff\xe0" + bytes(32), "a JPEG image")])
+def test_files_that_are_not_torch_files_are_named(tmp_path, content, kind):
+    path = tmp_path / "f.pt"
+    path.write_bytes(content)
+    assert describe_file(path) == kind
+    with pytest.raises(FileFormatError, match=f"is not a readable mask file: it is {kind}"):
+        load_torch_file(path, "mask file")
+
+
+def test_torch_files_load_and_truncated_ones_say_so(tmp_path):
+    good = tmp_path / "m.pt"
+    torch.save(torch.ones(3, dtype=torch.bool), good)
+    assert describe_file(good) is None and load_torch_file(good, "mask").tolist() == [True, True, True]
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(FileFormatError, match="truncated"):
+        load_torch_file(cut, "mask")

@@ -69,7 +69,7 @@ def load_mask(path: Union[str, Path], shape: tuple[int, int, int]) -> Tensor:
     if not p.is_file():
         raise FileNotFoundError(f"mask file not found: {p}")
     if p.suffix in (".pt", ".pth"):
-        from ..checkpoint import load_torch_file
+        from ..runtime import load_torch_file
 
         m = load_torch_file(p, "mask file (a saved bool tensor)")  # safe load, clean errors, never unsafe advice
         if not isinstance(m, Tensor):
