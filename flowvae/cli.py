@@ -140,6 +140,15 @@ def _image_file_options(cmd: "Command") -> argparse.ArgumentParser:
     return p
 
 
+def _classifier_options(cmd: "Command") -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--classifier", metavar="PATH", help="the judge CNN's cache: loaded if the file exists, else trained "
+                                                         "on the run's data and saved there")
+    p.add_argument("--classifier-epochs", type=POSITIVE, default=3, help="epochs of the judge when it is trained "
+                                                                         "(default: 3)")
+    return p
+
+
 def _labels_options(cmd: "Command") -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--no-labels", action="store_true", help="no caption band above the grid")
@@ -156,7 +165,7 @@ def _progress_options(cmd: "Command") -> argparse.ArgumentParser:
 PARENTS: dict[str, Callable[["Command"], argparse.ArgumentParser]] = {
     "checkpoint": _checkpoint_options, "device": _device_options, "seed": _seed_options, "out": _out_options,
     "test_images": _test_image_options, "image_files": _image_file_options, "labels": _labels_options,
-    "progress": _progress_options,
+    "progress": _progress_options, "classifier": _classifier_options,
 }
 
 
@@ -349,6 +358,11 @@ def check_grid_memory(images: int, image_shape: Sequence[int], what: str) -> Non
         raise UsageError(f"{what} asks for a grid of {images:,} images of {c}x{h}x{w}: about "
                          f"{images * per_image / 2**30:,.1f} GiB to draw, more than half of the "
                          f"{2 * budget / 2**30:.1f} GiB of free memory; at most {budget // per_image:,} images fit here")
+
+
+def classifier_output(job: Job) -> list[Output]:
+    """--classifier (the "classifier" option group) is written when it does not exist yet: check it too."""
+    return [Output("--classifier", Path(job.args.classifier))] if job.args.classifier else []
 
 
 @contextlib.contextmanager
@@ -636,24 +650,18 @@ class Analyze(ModelCommand):
     description = ("How the model splits an image between its codes: swap consistency judged by a classifier "
                    "(trained once and cached with --classifier), linear probes of each code and the KL and active "
                    "units per latent group.")
-    options = ModelCommand.options + ("progress",)
+    options = ModelCommand.options + ("classifier", "progress")
     out_help = "JSON file (default: <run dir>/analysis.json)"
     output = "analysis.json"
 
     def add_arguments(self, p):
-        p.add_argument("--classifier", metavar="PATH", help="classifier cache: loaded if it exists, else trained and "
-                                                            "saved there")
-        p.add_argument("--classifier-epochs", type=POSITIVE, default=3, help="epochs of the classifier (default: 3)")
         p.add_argument("--pairs", type=POSITIVE, default=1000, help="test pairs for swap consistency (default: 1000)")
         p.add_argument("--probe-train", type=POSITIVE, default=10000, help="training images for the linear probes")
         p.add_argument("--probe-test", type=POSITIVE, default=2000, help="test images for the probes")
         p.add_argument("--kl-images", type=POSITIVE, default=2000, help="test images for KL / active units per group")
 
     def outputs(self, job):
-        outs = [Output("--out", Path(job.args.out) if job.args.out else job.run_dir / self.output, suffix=".json")]
-        if job.args.classifier:
-            outs.append(Output("--classifier", Path(job.args.classifier)))
-        return outs
+        return super().outputs(job) + classifier_output(job)
 
     def work(self, job):
         from .data import load_dataset
