@@ -134,4 +134,3 @@ def test_unknown_dataset_and_cifar_without_download(tmp_path):
     cfg = cfg_for("data.dataset=cifar10", f"data.root={tmp_path}", "model.image_channels=3", "model.image_size=32")
     with pytest.raises(DataError, match="data.download=true"):
         load_dataset(cfg.data, cfg.model, "train")
-
