@@ -7,7 +7,6 @@ DDP/compile prefixes ('module.', '_orig_mod.') are stripped on save and load.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Union
@@ -15,12 +14,18 @@ from typing import Any, Union
 import torch
 
 from .config import Config, ConfigError, config_from_dict
+from .errors import FileFormatError, FlowVAEError
+from .runtime import _why_unreadable, describe_file, load_torch_file  # noqa: F401  (re-exported)
 
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(FlowVAEError, RuntimeError):
+    """A checkpoint that cannot be found, read, written or matched to its model."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint at the given path (or no shipped model of that name)."""
 
 
 def clean_state_dict(sd: dict) -> dict:
@@ -106,44 +111,40 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
                               f"free some space (or fix the folder) and continue with --resume") from None
 
 
-def _why_unreadable(e: Exception) -> str:
-    """The reason a checkpoint failed to load, without torch's advice to load it with weights_only=False
-    (that would run whatever code the file holds)."""
-    text = str(e)
-    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
-        return ("it holds Python objects that a safe load (weights_only=True) refuses; flowvae never writes "
-                "those, so the file is from another program or has been altered")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(e).__name__}: {first[:300]}"
-
-
 def checkpoint_file(path: Union[str, Path]) -> Path:
     """The checkpoint file for a file or run-directory path (or ``pretrained:NAME``, a model shipped in the
     package), with a clear error when there is none."""
     from .pretrained import resolve
 
-    path = resolve(path)
+    try:
+        path = resolve(path)
+    except FileNotFoundError as e:  # an unknown or retired pretrained:NAME
+        raise CheckpointNotFound(str(e)) from None
     if path.is_dir():
         inner = path / "checkpoint.pt"
         if path.name.endswith(".pt") or inner.is_dir():
             bad = inner if inner.is_dir() else path
             raise CheckpointError(f"{bad} is a directory, not a checkpoint file")
         if not inner.exists():
-            raise FileNotFoundError(f"no checkpoint in {path}: a run directory holds checkpoint.pt after its first "
+            raise CheckpointNotFound(f"no checkpoint in {path}: a run directory holds checkpoint.pt after its first "
                                     f"checkpoint (pass the run directory or the .pt file)")
         path = inner
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (pass the file, or the run directory holding checkpoint.pt)")
+        raise CheckpointNotFound(f"checkpoint not found: {path} (pass the file, or the run directory holding checkpoint.pt)")
     return path
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
     path = checkpoint_file(path)
+    kind = describe_file(path)
+    if kind is not None and "image" in kind:
+        raise CheckpointError(f"{path} is not a readable flowvae checkpoint: it is {kind}. Pass a run directory "
+                              f"or the checkpoint.pt in it (or pretrained:NAME; flowvae pretrained lists them).")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files raise many different errors
-        raise CheckpointError(f"{path} is not a readable flowvae checkpoint ({_why_unreadable(e)}). "
-                              f"It may be truncated or from another program; use an earlier checkpoint or retrain.") from None
+        state = load_torch_file(path, "flowvae checkpoint")
+    except FileFormatError as e:
+        raise CheckpointError(f"{e}. It may be truncated or from another program; use an earlier checkpoint "
+                              f"or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a flowvae checkpoint (it lacks 'model' or 'config')")
     return state

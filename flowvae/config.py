@@ -14,9 +14,15 @@ from typing import Any, Iterable, Optional, Union
 
 import yaml
 
+from .errors import FlowVAEError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(FlowVAEError, ValueError):
+    """A config that cannot describe a run: an unknown key, a value of the wrong type or range, a bad file."""
+
+
+class ConfigNotFound(ConfigError, FileNotFoundError):
+    """No config file at the given path."""
 
 
 @dataclass
@@ -256,19 +262,29 @@ def apply_overrides(cfg: Config, overrides: Optional[Iterable[str]]) -> Config:
     return cfg
 
 
+def _read_yaml(p: Path) -> Any:
+    if p.is_dir():
+        inside = sorted(q.name for q in p.glob("*.y*ml"))
+        hint = f"; it holds {', '.join(inside[:6])}" if inside else ""
+        raise ConfigError(f"config {p} is a directory, not a YAML file{hint} (the shipped configs are configs/*.yaml)")
+    if not p.is_file():
+        raise ConfigNotFound(f"config file not found: {p} (the shipped configs are in configs/)")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {p} is not a text file; give a YAML config (configs/*.yaml)") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+
+
 def load_config(path: Union[str, Path, None] = None, overrides: Optional[Iterable[str]] = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     if path is None:
         cfg = Config()
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p} (the shipped configs are in configs/)")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        cfg = config_from_dict(d)
+        cfg = config_from_dict(_read_yaml(Path(path).expanduser()))
     return apply_overrides(cfg, overrides)
 
 

@@ -1,23 +1,30 @@
-"""What every command needs from the machine: the device, CPU threads, writable outputs and progress
-reports that suit a terminal as well as a log file.
+"""What every command needs from the machine: the device, CPU threads, writable outputs, torch files
+read safely, and progress reports that suit a terminal as well as a log file.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
+from .errors import FileFormatError, FlowVAEError
 
-class OutputError(OSError):
+
+class OutputError(FlowVAEError, OSError):
     """An output path that cannot be written (raised before any work is done)."""
+
+
+class DeviceError(FlowVAEError, ValueError):
+    """A device that is not a device name, or that this machine does not have."""
 
 
 # ---------------------------------------------------------------------------- device and precision
@@ -39,18 +46,18 @@ def resolve_device(name: Union[str, torch.device]) -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     index = name[len("cuda:"):] if name.startswith("cuda:") else None
     if name not in ("cpu", "cuda") and not (index is not None and index.isdigit()):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name} was asked for but torch sees no CUDA device "
+            raise DeviceError(f"device {name} was asked for but torch sees no CUDA device "
                              f"(torch.cuda.is_available() is False); use --device cpu")
         if index is not None and int(index) >= torch.cuda.device_count():
-            raise ValueError(f"device {name} was asked for but only {torch.cuda.device_count()} CUDA device(s) "
+            raise DeviceError(f"device {name} was asked for but only {torch.cuda.device_count()} CUDA device(s) "
                              f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return torch.device(name)
 
@@ -79,49 +86,151 @@ def apply_threads(threads: int) -> int:
 
 
 # ---------------------------------------------------------------------------- outputs
+# Free space below which an output is refused up front: enough for a grid, a CSV or a first checkpoint of
+# the small models; a larger file can still meet a full disk later (reported as such, never as a traceback).
+MIN_FREE_BYTES = 16 * 2**20
+
+
 def _fail(option: str, path: Path, why: str) -> OutputError:
     return OutputError(f"{option} {path}: {why}")
 
 
-def check_output(path: Union[str, Path], option: str = "--out", is_dir: bool = False) -> Path:
+def _free_bytes(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:  # a file system that does not say (procfs, some network mounts)
+        return float("inf")
+
+
+def _free_mb(folder: Path) -> str:
+    free = _free_bytes(folder)
+    return f"{free / 2**20:.1f} MB free" if free != float("inf") else "free space unknown"
+
+
+def _why_not_writable(folder: Path, e: OSError, option: str) -> str:
+    """The real cause of a failed write into ``folder``, in words, with what to do."""
+    if e.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system; choose a writable {option}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the disk holding {folder} ({_free_mb(folder)}); free some space or choose another {option}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}; choose a writable {option}"
+    return f"cannot write to {folder} ({e.strerror or e}); choose a writable {option}"
+
+
+def check_output(path: Union[str, Path], option: str = "--out", is_dir: bool = False,
+                 min_free: int = MIN_FREE_BYTES) -> Path:
     """Make sure ``path`` (a file, or a directory with ``is_dir``) can be written, before the work that
-    produces it: write a probe file in the nearest folder of it that exists (nothing is created).
-    Raises OutputError naming ``option`` and what to do."""
+    produces it: a file must not be a directory (nor a directory a file, nor sit under a file), and a probe
+    file written and flushed in the nearest existing folder must succeed (nothing is left behind), with at
+    least ``min_free`` bytes free there. Raises OutputError naming ``option`` and the real cause (read-only
+    file system, no permission, no space, not a directory)."""
     path = Path(path).expanduser()
     folder = path if is_dir else path.parent
     if not is_dir and path.is_dir():
         raise _fail(option, path, "is a directory; give a file name")
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     if not existing.is_dir():  # a file where a folder must go
-        raise _fail(option, path, f"{existing} is a file, not a directory; choose another {option}")
+        what = "is a file, not a directory" if existing == path else f"{existing} is a file, not a directory"
+        raise _fail(option, path, f"{what}; choose another {option}")
     try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".flowvae-write-test-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".flowvae-write-test-") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as e:
-        raise _fail(option, path, f"cannot write to {existing} ({e.strerror or e}); choose a writable {option}") from None
+        raise _fail(option, path, _why_not_writable(existing, e, option)) from None
+    if min_free and _free_bytes(existing) < min_free:
+        raise _fail(option, path, _why_not_writable(existing, OSError(errno.ENOSPC, "no space"), option))
     if path.exists() and not is_dir and not os.access(path, os.W_OK):
         raise _fail(option, path, f"the file exists and is not writable; choose another {option}")
     return path
 
 
-def describe_write_error(path: Union[str, Path], e: BaseException) -> str:
-    """A short reason for a failed write, saying when the disk is full (torch reports a full disk as
-    'unexpected pos ...' or 'PytorchStreamWriter failed writing file')."""
-    folder = Path(path).parent
+def available_memory() -> int:
+    """Bytes of memory this process could still allocate (Linux: MemAvailable; else 8 GiB assumed)."""
     try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 * 2**30
+
+
+def describe_write_error(path: Optional[Union[str, Path]], e: BaseException) -> str:
+    """A short reason for a failed write of ``path`` (None: unknown), saying when the disk is full (torch
+    reports a full disk as 'unexpected pos ...' or 'PytorchStreamWriter failed writing file') and how much
+    is free on the disk that holds ``path``."""
+    folder = Path(path).parent if path is not None else None
+    free = _free_bytes(folder) if folder is not None else float("inf")
     chain, seen = [], e
     while seen is not None and len(chain) < 5:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    full = any(getattr(x, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for x in chain)
-    if full or (free is not None and free < 64 * 2**20):
-        where = f" ({free / 2**20:.1f} MB free on the disk holding {folder})" if free is not None else ""
+    codes = {getattr(x, "errno", None) for x in chain}
+    if codes & {errno.ENOSPC, errno.EDQUOT} or free < 64 * 2**20:
+        where = f" ({free / 2**20:.1f} MB free on the disk holding {folder})" if free != float("inf") else ""
         return f"the disk is full{where}"
+    if errno.EROFS in codes:
+        return "the file system is read-only"
+    if codes & {errno.EACCES, errno.EPERM}:
+        return "permission denied"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return f"{type(e).__name__}: {first[:200]}"
+
+
+# ---------------------------------------------------------------------------- torch files the user gives
+def _why_unreadable(e: Exception) -> str:
+    """The reason a torch file failed to load, without torch's advice to load it with weights_only=False
+    (that would run whatever code the file holds)."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
+        return ("it holds Python objects that a safe load (weights_only=True) refuses; flowvae never writes "
+                "those, so the file is from another program or has been altered")
+    if isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
+        return "it ends early: the file is truncated or damaged"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+# The first bytes of files people pass by mistake where a torch file is expected.
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x93NUMPY", "a NumPy .npy file"))
+
+
+def describe_file(path: Union[str, Path]) -> Optional[str]:
+    """What a file that should hold torch tensors is instead ("an empty file", "a PNG image", "a text
+    file", ...), from its first bytes; None when it starts like a torch file (a zip archive or a pickle)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a torch file (it starts with neither a zip archive nor a pickle)"
+    return "a text file" if b"\0" not in head else "not a torch file"
+
+
+def load_torch_file(path: Union[str, Path], what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU for a file the user gave (a checkpoint, a mask):
+    FileFormatError naming ``what`` the file is instead, or why it cannot be read, and never torch's
+    advice to load it unsafely."""
+    kind = describe_file(path)
+    if kind is not None:
+        raise FileFormatError(f"{path} is not a readable {what}: it is {kind}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files raise many different errors (EOFError, KeyError, ...)
+        raise FileFormatError(f"{path} is not a readable {what} ({_why_unreadable(e)})") from None
 
 
 # ---------------------------------------------------------------------------- progress

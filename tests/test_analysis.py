@@ -115,3 +115,15 @@ def test_global_only_swap_of_the_hierarchical_model(make_model, images):
     z_only, full = _swaps(model, xa, xb, True, 3, False), _swaps(model, xa, xb, False, 3, False)
     assert torch.equal(full, model.swap(xa, xb))
     assert not torch.equal(z_only, xa) and not torch.equal(z_only, full)
+
+
+def test_classifier_bar_does_not_flood_a_log(capsys):
+    from flowvae.data.datasets import TensorImages
+    from flowvae.engine.analyze import train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 1, 8, 8), dtype=torch.uint8, generator=g)
+    ds = TensorImages(x, torch.arange(256) % 2, "toy")
+    train_classifier(ds, ds, epochs=2, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and 1 <= len(err.splitlines()) <= 2 and "classifier: 32/32 steps" in err

@@ -25,6 +25,43 @@ def test_shipped_sample_is_real_fashion_mnist():
     assert x[:, :, 0, :].float().mean() < 30 and x.float().mean() > 40 and len(torch.unique(x)) > 200
 
 
+# ------------------------------------------------------------------ image folders checked up front
+def _png(path, size=(28, 28), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)).save(path)
+
+
+def _folder_cfg(root, *extra):
+    return load_config(None, ["data.dataset=folder", f"data.root={root}", "model.image_size=28", *extra])
+
+
+def test_no_empty_batch_from_an_exhausted_index_list():
+    ds = torch.utils.data.TensorDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    assert list(iterate_batches(ds, 2, indices=torch.zeros(0, dtype=torch.long))) == []
+
+
+def test_a_corrupt_image_is_found_up_front(tmp_path):
+    for i in range(6):
+        _png(tmp_path / "train" / f"{i}.png", seed=i)
+    _png(tmp_path / "test" / "0.png")
+    bad = tmp_path / "train" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:400])  # truncated: the header reads, the pixels do not
+    cfg = _folder_cfg(tmp_path)
+    with pytest.raises(DataError, match=r"cannot read image .*3\.png"):
+        load_dataset(cfg.data, cfg.model, "train")  # at load time, before any batch is read
+
+
+def test_mixed_image_sizes_need_data_image_size(tmp_path):
+    for i in range(4):
+        _png(tmp_path / f"a{i}.png", (28, 28))
+        _png(tmp_path / f"b{i}.png", (32, 32))
+    cfg = _folder_cfg(tmp_path)
+    with pytest.raises(DataError, match=r"different sizes .*28x28.*32x32.*data.image_size"):
+        load_dataset(cfg.data, cfg.model, "train")
+    cfg = _folder_cfg(tmp_path, "data.image_size=28")
+    assert load_dataset(cfg.data, cfg.model, "train")[torch.arange(2)][0].shape == (2, 1, 28, 28)
+
+
 def test_limit_and_iteration_order_is_reproducible():
     cfg = cfg_for("data.dataset=fashion_mnist_sample", "data.limit_train=100")
     ds = load_dataset(cfg.data, cfg.model, "train")

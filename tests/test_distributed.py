@@ -230,3 +230,12 @@ def test_killed_worker_restarts_and_resumes_from_checkpoint(tmp_path):
     assert (a["processes"], b["processes"]) == (2, 1)
     for key in ("elbo_bpd", "iw2_bpd", "kl_nats", "active_units"):
         assert a[key] == b[key], key
+
+
+def test_sharded_evaluation_counts_each_image_once():
+    from flowvae.engine.evaluate import round_images
+
+    batches = list(torch.split(torch.arange(64), 64))
+    assert sum(round_images(batches, b, 2) for b in range(0, len(batches), 2)) == 64  # each image once, not twice
+    batches = list(torch.split(torch.arange(138), 64))  # 64, 64, 10 over two ranks: rank 0 has 0 and 2
+    assert [round_images(batches, b, 2) for b in (0, 2)] == [128, 10]

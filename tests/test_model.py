@@ -368,3 +368,44 @@ def test_checkpoint_errors(make_model, tmp_path):
     flowvae.save_checkpoint(wrong, {"model": model.state_dict(), "ema": None, "config": cfg_wrong})
     with pytest.raises(CheckpointError, match="do not match"):
         flowvae.load_checkpoint(wrong)
+
+
+# ------------------------------------------------------------------ arguments the API refuses
+def test_decode_rejects_non_finite_codes_and_images(make_model, images):
+    model = make_model()
+    z, eps = model.encode(images(3))
+    for bad_z, bad_eps in ((z, eps.clone().index_fill_(0, torch.tensor([1]), float("nan"))),
+                           (z.clone().fill_(float("inf")), eps)):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            model.decode(bad_z, bad_eps)
+    with pytest.raises(TypeError, match="decode takes codes"):
+        model.decode(z, images(3))
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        model.sample(2, temperature=float("nan"))
+    with pytest.raises(ValueError, match="z_temperature must be a finite number >= 0"):
+        model.sample(2, z_temperature=-1.0)
+
+
+def test_an_uninitialised_model_is_refused(images):
+    model = flowvae.FlowVAE.from_config(load_config(None, ["model.image_size=8", "model.levels=2", "model.steps=1",
+                                                           "model.hidden=8", "model.z_dim=4"]).model)
+    for call in (lambda: model.loss(images(2)), lambda: model.encode(images(2)), lambda: model.log_prob(images(2))):
+        with pytest.raises(RuntimeError, match=r"never initialised: call model.initialize\(x\)"):
+            call()
+    model.initialize(images(16))
+    assert torch.isfinite(model.loss(images(2))["loss"])
+
+
+def test_api_arguments_are_checked(make_model, images):
+    model = make_model()
+    for n in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="n must be >= 1 and an integer"):
+            model.sample(n)
+    with pytest.raises(ValueError, match="k must be >= 1 and an integer"):
+        model.log_prob(images(2), k=2.5)
+    x = images(2)
+    with pytest.raises(TypeError, match="x_local must be a torch.Tensor"):
+        model.swap([x], [x])
+    with pytest.raises(TypeError, match="from_config takes a Config"):
+        flowvae.FlowVAE.from_config("hybrid")
+    assert flowvae.FlowVAE.from_config(load_config(None, ["model.z_dim=8"])).cfg.z_dim == 8  # a whole Config too

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from ..data import iterate_batches
+from ..errors import UsageError
 from ..model import FlowVAE
 from ..objective import LN2
 from ..runtime import Progress
@@ -72,7 +73,7 @@ class SmallCNN(nn.Module):
 def _labels(ds, name: str) -> Tensor:
     labels = torch.as_tensor(ds.labels) if hasattr(ds, "labels") else None
     if labels is None or labels.numel() == 0 or bool((labels < 0).any()) or labels.unique().numel() < 2:
-        raise ValueError(f"analyze needs a labelled dataset with at least 2 classes; the {name} split of "
+        raise UsageError(f"analyze needs a labelled dataset with at least 2 classes; the {name} split of "
                          f"{getattr(ds, 'name', 'this dataset')} has none (use e.g. data.dataset=fashion_mnist, "
                          f"or a folder with one subfolder per class)")
     return labels.long()
@@ -122,7 +123,7 @@ def load_or_train_classifier(path: Optional[Path], train_ds, test_ds, epochs: in
         except Exception as e:  # a truncated or foreign file must not be half-used
             from ..checkpoint import _why_unreadable
 
-            raise ValueError(f"{path}: not a flowvae analyze classifier ({_why_unreadable(e)}); delete it to retrain") from None
+            raise UsageError(f"{path}: not a flowvae analyze classifier ({_why_unreadable(e)}); delete it to retrain") from None
         x_test, y_test = _images(test_ds, len(test_ds))
         return clf.eval(), (clf.predict(x_test) == y_test).float().mean().item(), f"loaded {path}"
     clf, acc = train_classifier(train_ds, test_ds, epochs, seed=seed, progress=progress)
@@ -227,7 +228,7 @@ def _different_class_pairs(y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor
     keep = y[a] != y[b]
     a, b = a[keep][:n], b[keep][:n]
     if a.shape[0] < n:
-        raise ValueError(f"could not find {n} test pairs of different classes")
+        raise UsageError(f"could not find {n} test pairs of different classes")
     return a, b
 
 

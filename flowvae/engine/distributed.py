@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..errors import UsageError
+
 
 @dataclass
 class DistInfo:
@@ -188,7 +190,7 @@ def shard_range(num_items: int, info: DistInfo) -> range:
 
 def micro_batch_size(batch_size: int, world: int, accum: int) -> int:
     if batch_size % (world * accum):
-        raise ValueError(f"train.batch_size={batch_size} (the global batch) must be divisible by processes x "
+        raise UsageError(f"train.batch_size={batch_size} (the global batch) must be divisible by processes x "
                          f"train.grad_accum = {world} x {accum} = {world * accum}; change one of them")
     return batch_size // (world * accum)
 

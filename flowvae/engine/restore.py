@@ -69,7 +69,9 @@ def load_mask(path: Union[str, Path], shape: tuple[int, int, int]) -> Tensor:
     if not p.is_file():
         raise FileNotFoundError(f"mask file not found: {p}")
     if p.suffix in (".pt", ".pth"):
-        m = torch.load(p, map_location="cpu", weights_only=True)
+        from ..runtime import load_torch_file
+
+        m = load_torch_file(p, "mask file (a saved bool tensor)")  # safe load, clean errors, never unsafe advice
         if not isinstance(m, Tensor):
             raise ValueError(f"{p}: expected a saved bool tensor, got {type(m).__name__}")
     else:

@@ -68,6 +68,7 @@ from ..checkpoint import (CheckpointError, checkpoint_config, read_checkpoint, s
                           upgrade_state_dict)
 from ..config import Config
 from ..data import iterate_batches, load_dataset
+from ..errors import UsageError
 from ..model import FlowVAE
 from ..visualize import grid
 from . import distributed as D
@@ -258,7 +259,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                  "train.optimizer": (saved.train.optimizer, cfg.train.optimizer)}
         changed = [k for k, (a, b) in fixed.items() if a != b]
         if changed:
-            raise ValueError(f"--resume: {', '.join(changed)} differ from the run in {out}; resume without --config "
+            raise UsageError(f"--resume: {', '.join(changed)} differ from the run in {out}; resume without --config "
                              f"(the run's saved config is used), override only other train.* keys, or start a new run")
     t = cfg.train
     dev, world, rank = info.device, info.world_size, info.rank
@@ -277,7 +278,7 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
     test_ds = load_dataset(cfg.data, cfg.model, "test")
     batches_per_epoch = len(train_ds) // t.batch_size
     if batches_per_epoch == 0:
-        raise ValueError(f"train.batch_size={t.batch_size} is larger than the training set ({len(train_ds)} images)")
+        raise UsageError(f"train.batch_size={t.batch_size} is larger than the training set ({len(train_ds)} images)")
     if t.init_batch_size > len(train_ds):
         say(f"note: train.init_batch_size={t.init_batch_size} is larger than the training set; the data-dependent "
             f"init uses all {len(train_ds)} images")
