@@ -18,6 +18,51 @@ from .dequantization import UniformDequantizer, VariationalDequantizer
 from .flows import ConditionalGlow, data_dependent_init
 from .latents import Latents, latents_class
 from .objective import Objective
+from .sizes import check_fits, human_bytes
+
+# The importance-weighted bound's most draws per image: the bound moves little past a few thousand (Burda,
+# Grosse and Salakhutdinov, "Importance Weighted Autoencoders", report k=5000), while each draw is one pass
+# of the whole model, so a larger k is a typo or hours of work per image.
+MAX_IW_DRAWS = 100_000
+SAMPLE_BATCH = 256  # images per decode in sample(): a fixed size, so one seed gives the same images anywhere
+
+
+# ------------------------------------------------------------------ argument checks
+def _as_scalar(value, name: str):
+    """The Python scalar inside a numpy scalar, a 0-d numpy array or a 0-d tensor; other values as they are."""
+    if getattr(value, "shape", None) != () or not hasattr(value, "item"):
+        return value
+    if isinstance(value, Tensor) and value.is_meta:
+        raise ValueError(f"{name} is a tensor on the meta device, which holds no value; pass a number")
+    return value.item()
+
+
+def check_count(value, name: str, minimum: Optional[int] = 1) -> int:
+    """``value`` as a Python int >= ``minimum`` (None: any int): ints, numpy integers and 0-d integer tensors
+    pass; bools, floats (even 4.0) and anything else are refused, naming ``name``."""
+    v = _as_scalar(value, name)
+    if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+        bound = "" if minimum is None else f">= {minimum} and "
+        raise ValueError(f"{name} must be {bound}an integer, got {value!r}")
+    return v
+
+
+def check_number(value, name: str, minimum: float = 0.0, strict: bool = False, hint: str = "") -> float:
+    """``value`` as a finite Python float >= ``minimum`` (> with ``strict``): ints, floats, numpy numbers and
+    0-d tensors pass; bools and anything else are refused, naming ``name``."""
+    v = _as_scalar(value, name)
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if not ok or v < minimum or (strict and v == minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}{hint}, got {value!r}")
+    return float(v)
+
+
+def check_dense(t: Tensor, name: str) -> None:
+    """Refuse tensors that hold no values here (meta) or are not plain dense arrays (sparse, ...)."""
+    if t.is_meta:
+        raise ValueError(f"{name} is on the meta device: it has a shape but no values; pass real data")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} is a {str(t.layout).replace('torch.', '')} tensor; pass a dense one ({name}.to_dense())")
 
 
 class FlowVAE(nn.Module):
@@ -78,6 +123,7 @@ class FlowVAE(nn.Module):
         """Check a uint8 image batch and return its n_bits integer values as float."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of uint8 images, got {type(x).__name__}")
+        check_dense(x, name)
         if x.dtype != torch.uint8:
             raise TypeError(f"{name} must be uint8 with values 0..255 (got {x.dtype}); "
                             f"convert float images in [0, 1] with (x * 255).round().to(torch.uint8)")
@@ -101,20 +147,24 @@ class FlowVAE(nn.Module):
             raise RuntimeError(f"{what} on a model that was never initialised: call model.initialize(x) once on a "
                                f"large batch of training images (or load a trained model with load_checkpoint)")
 
-    @staticmethod
-    def _check_count(value, name: str, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be >= {minimum} and an integer, got {value!r}")
-        return value
+    _check_count = staticmethod(check_count)
 
     @staticmethod
     def _check_temperature(value, name: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0 (Glow samples at 0.7), got {value!r}")
-        return float(value)
+        return check_number(value, name, hint=" (Glow samples at 0.7)")
+
+    @staticmethod
+    def _check_k(k, name: str = "k") -> int:
+        k = check_count(k, name)
+        if k > MAX_IW_DRAWS:
+            raise ValueError(f"{name}={k:,} importance draws per image is more than this model allows ({MAX_IW_DRAWS:,}): "
+                             f"each draw is a full pass of the model, and the bound moves little past a few thousand")
+        return k
 
     @staticmethod
     def _check_code(t, name: str, what: str) -> None:
+        if isinstance(t, Tensor):
+            check_dense(t, name)
         if not isinstance(t, Tensor) or not t.is_floating_point():
             got = t.dtype if isinstance(t, Tensor) else type(t).__name__
             hint = " (images? decode takes codes: use decode(*encode(x)))" if isinstance(t, Tensor) and t.dtype == torch.uint8 else ""
@@ -142,6 +192,8 @@ class FlowVAE(nn.Module):
     def _group_name(self, level: Union[int, str]) -> str:
         if not self.hybrid:
             raise ValueError("this flow-only (model.type=glow) model has no latent groups")
+        if not isinstance(level, str):
+            level = _as_scalar(level, "level")
         name = "global" if level == "global" else f"level{level}"
         if isinstance(level, bool) or name not in self.latents.groups:
             levels = [n[len("level"):] for n in self.latents.names if n != "global"]
@@ -188,8 +240,8 @@ class FlowVAE(nn.Module):
     def log_prob(self, x: Tensor, k: int = 1, chunk: int = 256) -> Tensor:
         """Per-image estimate of log P(x) in nats (a lower bound): k=1 the ELBO, k>1 the
         importance-weighted bound over k draws of (code, u) (``Objective.log_prob``)."""
-        self._check_count(k, "k")
-        self._check_count(chunk, "chunk")
+        k = self._check_k(k)
+        chunk = check_count(chunk, "chunk")
         self._require_initialized("log_prob")
         return Objective.log_prob(self, x, k, chunk)
 
@@ -235,15 +287,40 @@ class FlowVAE(nn.Module):
         return self._to_uint8(x_int)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, z_temperature: float = 1.0) -> Tensor:
-        """n uint8 samples: z ~ p(z) at z_temperature, eps ~ N(0, temperature^2 I)."""
-        self._check_count(n, "n")
-        self._check_temperature(temperature, "temperature")
-        self._check_temperature(z_temperature, "z_temperature")
-        with torch.autocast(self.device.type, enabled=False):  # z from the prior in float32, like decode
-            z = self.sample_code(n, z_temperature) if self.hybrid else None
-        eps = temperature * torch.randn(n, *self.image_shape, device=self.device)
-        return self.decode(z, eps)
+    def sample(self, n: int, temperature: float = 1.0, z_temperature: float = 1.0, batch: int = SAMPLE_BATCH,
+               progress: Optional[bool] = None) -> Tensor:
+        """n uint8 samples: z ~ p(z) at z_temperature, eps ~ N(0, temperature^2 I), drawn and decoded
+        ``batch`` images at a time (the same seed and batch give the same images). The output's memory is
+        checked up front: a request that cannot fit is refused with its size. ``progress`` shows a progress
+        bar (default: when more than 8 batches)."""
+        n = check_count(n, "n")
+        temperature = self._check_temperature(temperature, "temperature")
+        z_temperature = self._check_temperature(z_temperature, "z_temperature")
+        batch = check_count(batch, "batch")
+        self._check_sample_memory(n, batch)
+        from .runtime import Progress
+
+        out = torch.empty((n, *self.image_shape), dtype=torch.uint8, device=self.device)
+        bar = Progress(total=n, desc="sampling", unit="img", leave=False,
+                       enabled=n > 8 * batch if progress is None else bool(progress))
+        for i in range(0, n, batch):
+            m = min(batch, n - i)
+            with torch.autocast(self.device.type, enabled=False):  # z from the prior in float32, like decode
+                z = self.sample_code(m, z_temperature) if self.hybrid else None
+            eps = temperature * torch.randn(m, *self.image_shape, device=self.device)
+            out[i : i + m] = self.decode(z, eps)
+            bar.update(m)
+        bar.close()
+        return out
+
+    def _check_sample_memory(self, n: int, batch: int) -> None:
+        """Refuse n samples whose output (uint8) plus one batch's working set (eps and codes in float32, and
+        a few coupling-net activations of ``hidden`` channels at half resolution) exceed the free memory."""
+        c, h, w = self.image_shape
+        per_image_work = 4 * (2 * self.num_dims + 2 * self.code_dim) + 3 * 4 * self.cfg.hidden * (h // 2) * (w // 2)
+        need = n * self.num_dims + min(n, batch) * per_image_work
+        check_fits(need, f"sample(n={n:,}) ({n:,} images of {c}x{h}x{w}, {human_bytes(n * self.num_dims)} as uint8)",
+                   self.device, "Ask for fewer images, or draw them in parts and save each part.")
 
     @torch.no_grad()
     def resample_level(self, x: Tensor, level: Union[int, str], temperature: float = 1.0,
@@ -254,7 +331,7 @@ class FlowVAE(nn.Module):
         with a top-down prior z_l is drawn given the held z_{l+1} (or z)."""
         if not self.hybrid:
             raise ValueError("resample_level needs latent codes: this is a flow-only (model.type=glow) model")
-        self._check_temperature(temperature, "temperature")
+        temperature = self._check_temperature(temperature, "temperature")
         code, eps = self.encode(x)
         return self.decode(self.resample_code(code, level, temperature, noise, generator), eps)
 
@@ -295,19 +372,39 @@ class FlowVAE(nn.Module):
         length), 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020) and, with a ``reference`` model
         (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd). See engine/score.py."""
         from .engine.score import score_images
-        return score_images(self, x, k=k, split=split, reference=reference)
+        return score_images(self, x, k=self._check_k(k), split=split, reference=reference)
 
     def inpaint(self, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, **kw) -> dict[str, Tensor]:
         """Fill the pixels where the bool ``mask`` is True: {'map': uint8 [N, C, H, W], 'samples':
         uint8 [S, N, C, H, W]}; unmasked pixels are bit-exact copies of x. See engine/restore.py."""
         from .engine.restore import inpaint
-        return inpaint(self, x, mask, samples=samples, steps=steps, **kw)
+        if isinstance(mask, Tensor):
+            check_dense(mask, "mask")
+        samples, steps = check_count(samples, "samples", 0), check_count(steps, "steps", 0)
+        return inpaint(self, x, mask, samples=samples, steps=steps, **self._restore_options(kw))
 
     def denoise(self, x_noisy: Tensor, sigma: Optional[float] = None, salt_pepper: bool = False,
                 steps: int = 200, **kw) -> Tensor:
         """Clean estimate (uint8) of Gaussian-noised (std ``sigma``, pixel values) or salt-and-pepper images."""
         from .engine.restore import denoise
-        return denoise(self, x_noisy, sigma=sigma, salt_pepper=salt_pepper, steps=steps, **kw)
+        if sigma is not None:
+            sigma = check_number(sigma, "sigma", strict=True, hint=" (the noise std in pixel values 0..255)")
+        if not isinstance(_as_scalar(salt_pepper, "salt_pepper"), bool):
+            raise ValueError(f"salt_pepper must be True or False, got {salt_pepper!r}")
+        steps = check_count(steps, "steps", 0)
+        return denoise(self, x_noisy, sigma=sigma, salt_pepper=bool(salt_pepper), steps=steps, **self._restore_options(kw))
+
+    @staticmethod
+    def _restore_options(kw: dict) -> dict:
+        """The optimiser options of inpaint / denoise, checked: lr > 0, noise >= 0, seed an integer."""
+        kw = dict(kw)
+        if "lr" in kw:
+            kw["lr"] = check_number(kw["lr"], "lr", strict=True, hint=" (Adam's step in pixel values)")
+        if "noise" in kw:
+            kw["noise"] = check_number(kw["noise"], "noise", hint=" (pixel values)")
+        if "seed" in kw:
+            kw["seed"] = check_count(kw["seed"], "seed", None)
+        return kw
 
     def extra_repr(self) -> str:
         return f"type={self.cfg.type}, image_shape={self.image_shape}, n_bits={self.n_bits}"
