@@ -192,8 +192,6 @@ class FlowVAE(nn.Module):
     def _group_name(self, level: Union[int, str]) -> str:
         if not self.hybrid:
             raise ValueError("this flow-only (model.type=glow) model has no latent groups")
-        if not isinstance(level, str):
-            level = _as_scalar(level, "level")
         name = "global" if level == "global" else f"level{level}"
         if isinstance(level, bool) or name not in self.latents.groups:
             levels = [n[len("level"):] for n in self.latents.names if n != "global"]

@@ -145,7 +145,11 @@ def list_images(folder: Path) -> tuple[list[Path], list[int]]:
     taken as classes (torchvision's ImageFolder layout and listing, through its ``find_classes`` and
     ``make_dataset``), otherwise every file gets label 0. The order, and so data.test_fraction's fixed
     split, is the one this loader always had. The files are read by ``read_image`` (images.py), not
-    ImageFolder's loader, which would clip 16-bit images and drop alpha channels unchecked."""
+    ImageFolder's loader, which would clip 16-bit images and drop alpha channels unchecked.
+
+    Measured (``python bench/folder_loading.py --images 2000 --rounds 11``, 28x28 PNGs, one thread, medians):
+    this listing takes 0.81x the time of the hand-written ``os.walk`` it replaces; the up-front check,
+    which now converts each mode exactly, takes 1.24x a bare decode (about 0.2 ms more per image)."""
     from torchvision.datasets.folder import find_classes, make_dataset
 
     folder = Path(folder)

@@ -98,6 +98,22 @@ def to_8bit(im, path):
     return convert(im, path)
 
 
+def _open_8bit(path):
+    """The decoded image at ``path`` as 8-bit 'L' or 'RGB' (see ``to_8bit``); a DataError names a file PIL
+    cannot decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_8bit(im, path)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e).strip()[:200]}). "
+                        f"Remove or replace the file.") from None
+
+
 def read_image(path, channels: int, size: Optional[tuple[int, int]] = None,
                center_crop: Optional[int] = None) -> Tensor:
     """One image file as uint8 [channels, H, W]: converted to 8 bits (see the module docstring), then to
@@ -105,27 +121,19 @@ def read_image(path, channels: int, size: Optional[tuple[int, int]] = None,
     (H, W) when given. A file PIL cannot decode raises a DataError naming it."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = to_8bit(im, path).convert("L" if channels == 1 else "RGB")
-            if center_crop:
-                w, h = im.size
-                c = center_crop
-                im = im.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
-            if size is not None and tuple(im.size[::-1]) != tuple(size):
-                im = im.resize((size[1], size[0]), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e).strip()[:200]}). "
-                        f"Remove or replace the file.") from None
-    t = torch.from_numpy(arr.copy())
+    im = _open_8bit(path).convert("L" if channels == 1 else "RGB")
+    if center_crop:
+        w, h = im.size
+        c = center_crop
+        im = im.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
+    if size is not None and tuple(im.size[::-1]) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.BICUBIC)
+    t = torch.from_numpy(np.array(im, dtype=np.uint8))
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
 def image_size(path) -> tuple[int, int]:
     """(H, W) of an image file, after checking that the whole file decodes and its mode converts (so a
     corrupt or unusable file is found up front). Raises a DataError naming the file."""
-    return tuple(read_image(Path(path), 1).shape[1:])
+    w, h = _open_8bit(Path(path)).size
+    return h, w
