@@ -57,6 +57,23 @@ def check_number(value, name: str, minimum: float = 0.0, strict: bool = False, h
     return float(v)
 
 
+def check_flag(value, name: str) -> bool:
+    """``value`` as a Python bool: True/False, a numpy bool or a 0-d bool tensor."""
+    v = _as_scalar(value, name)
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return v
+
+
+def check_draws(k, name: str = "k") -> int:
+    """A number of draws per image (the bound's k) as an int in 1..MAX_IW_DRAWS."""
+    k = check_count(k, name)
+    if k > MAX_IW_DRAWS:
+        raise ValueError(f"{name}={k:,} draws per image is more than flowvae allows ({MAX_IW_DRAWS:,}): each draw "
+                         f"is a full pass of the model, and the bound moves little past a few thousand")
+    return k
+
+
 def check_dense(t: Tensor, name: str) -> None:
     """Refuse tensors that hold no values here (meta) or are not plain dense arrays (sparse, ...)."""
     if t.is_meta:
@@ -153,13 +170,7 @@ class FlowVAE(nn.Module):
     def _check_temperature(value, name: str) -> float:
         return check_number(value, name, hint=" (Glow samples at 0.7)")
 
-    @staticmethod
-    def _check_k(k, name: str = "k") -> int:
-        k = check_count(k, name)
-        if k > MAX_IW_DRAWS:
-            raise ValueError(f"{name}={k:,} importance draws per image is more than this model allows ({MAX_IW_DRAWS:,}): "
-                             f"each draw is a full pass of the model, and the bound moves little past a few thousand")
-        return k
+    _check_k = staticmethod(check_draws)
 
     @staticmethod
     def _check_code(t, name: str, what: str) -> None:
@@ -370,39 +381,19 @@ class FlowVAE(nn.Module):
         length), 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020) and, with a ``reference`` model
         (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd). See engine/score.py."""
         from .engine.score import score_images
-        return score_images(self, x, k=self._check_k(k), split=split, reference=reference)
+        return score_images(self, x, k=k, split=split, reference=reference)
 
     def inpaint(self, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, **kw) -> dict[str, Tensor]:
         """Fill the pixels where the bool ``mask`` is True: {'map': uint8 [N, C, H, W], 'samples':
         uint8 [S, N, C, H, W]}; unmasked pixels are bit-exact copies of x. See engine/restore.py."""
         from .engine.restore import inpaint
-        if isinstance(mask, Tensor):
-            check_dense(mask, "mask")
-        samples, steps = check_count(samples, "samples", 0), check_count(steps, "steps", 0)
-        return inpaint(self, x, mask, samples=samples, steps=steps, **self._restore_options(kw))
+        return inpaint(self, x, mask, samples=samples, steps=steps, **kw)
 
     def denoise(self, x_noisy: Tensor, sigma: Optional[float] = None, salt_pepper: bool = False,
                 steps: int = 200, **kw) -> Tensor:
         """Clean estimate (uint8) of Gaussian-noised (std ``sigma``, pixel values) or salt-and-pepper images."""
         from .engine.restore import denoise
-        if sigma is not None:
-            sigma = check_number(sigma, "sigma", strict=True, hint=" (the noise std in pixel values 0..255)")
-        if not isinstance(_as_scalar(salt_pepper, "salt_pepper"), bool):
-            raise ValueError(f"salt_pepper must be True or False, got {salt_pepper!r}")
-        steps = check_count(steps, "steps", 0)
-        return denoise(self, x_noisy, sigma=sigma, salt_pepper=bool(salt_pepper), steps=steps, **self._restore_options(kw))
-
-    @staticmethod
-    def _restore_options(kw: dict) -> dict:
-        """The optimiser options of inpaint / denoise, checked: lr > 0, noise >= 0, seed an integer."""
-        kw = dict(kw)
-        if "lr" in kw:
-            kw["lr"] = check_number(kw["lr"], "lr", strict=True, hint=" (Adam's step in pixel values)")
-        if "noise" in kw:
-            kw["noise"] = check_number(kw["noise"], "noise", hint=" (pixel values)")
-        if "seed" in kw:
-            kw["seed"] = check_count(kw["seed"], "seed", None)
-        return kw
+        return denoise(self, x_noisy, sigma=sigma, salt_pepper=salt_pepper, steps=steps, **kw)
 
     def extra_repr(self) -> str:
         return f"type={self.cfg.type}, image_shape={self.image_shape}, n_bits={self.n_bits}"

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowvae.engine import generate
+from flowvae.engine import generate, restore
+from flowvae.data.datasets import TensorImages
+from flowvae.engine.score import score_dataset
 from flowvae.model import MAX_IW_DRAWS
 
 
@@ -62,6 +64,11 @@ def test_restore_arguments_are_checked_before_any_work(make_model, images):
         model.denoise(x, salt_pepper="yes")
     out = model.inpaint(x, mask, samples=np.int64(1), steps=torch.tensor(1), seed=np.int64(3))
     assert out["samples"].shape == (1, 2, 1, 8, 8)
+    with pytest.raises(ValueError, match="samples must be >= 0 and an integer"):
+        restore.inpaint(model, x, mask, samples=1.5)  # the engine function checks too: the CLI path
+    noisy = x.clone()
+    noisy[:, :, 0, 0] = 255
+    assert model.denoise(noisy, salt_pepper=np.bool_(True), steps=1).shape == x.shape
 
 
 def test_tensors_without_values_are_refused_clearly(make_model, images):
@@ -86,10 +93,12 @@ def test_absurd_sizes_are_refused_at_once_naming_the_size(make_model, images):
         model.sample(10**13)
     with pytest.raises(ValueError, match=r"sample\(n=10,000,000,000,000\)"):
         generate.sample_images(model, 10**13)  # the path of `flowvae sample --n`
-    with pytest.raises(ValueError, match=rf"k=10,000,000 importance draws per image .* \({MAX_IW_DRAWS:,}\)"):
+    with pytest.raises(ValueError, match=rf"k=10,000,000 draws per image .* \({MAX_IW_DRAWS:,}\)"):
         model.log_prob(images(1), k=10**7)
-    with pytest.raises(ValueError, match="k=10,000,000 importance draws"):
+    with pytest.raises(ValueError, match="k=10,000,000 draws per image"):
         model.score(images(1), k=10**7)
+    with pytest.raises(ValueError, match="k=10,000,000 draws per image"):
+        score_dataset(model, TensorImages(images(2), torch.zeros(2), "t"), k=10**7)  # `flowvae score --k`
     assert time.monotonic() - start < 5
 
 
