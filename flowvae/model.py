@@ -252,6 +252,10 @@ class FlowVAE(nn.Module):
         k = self._check_k(k)
         chunk = check_count(chunk, "chunk")
         self._require_initialized("log_prob")
+        n = self._prepare(x).shape[0]  # x checked before the memory estimate
+        per_pass = n * (max(1, min(k, chunk // n)) if k > 1 else 1)  # as Objective.log_prob splits the draws
+        self._check_work(0, per_pass, f"log_prob of {n:,} images (k={k:,}, chunk={chunk:,}: {per_pass:,} images per pass)",
+                         "Pass fewer images at once, or a smaller chunk.")
         return Objective.log_prob(self, x, k, chunk)
 
     @torch.no_grad()
@@ -306,7 +310,9 @@ class FlowVAE(nn.Module):
         temperature = self._check_temperature(temperature, "temperature")
         z_temperature = self._check_temperature(z_temperature, "z_temperature")
         batch = check_count(batch, "batch")
-        self._check_sample_memory(n, batch)
+        c, h, w = self.image_shape
+        self._check_work(n * self.num_dims, min(n, batch), f"sample(n={n:,}) ({n:,} images of {c}x{h}x{w}, "
+                         f"{human_bytes(n * self.num_dims)} as uint8)", "Ask for fewer images, or draw them in parts.")
         from .runtime import Progress
 
         out = torch.empty((n, *self.image_shape), dtype=torch.uint8, device=self.device)
@@ -322,14 +328,15 @@ class FlowVAE(nn.Module):
         bar.close()
         return out
 
-    def _check_sample_memory(self, n: int, batch: int) -> None:
-        """Refuse n samples whose output (uint8) plus one batch's working set (eps and codes in float32, and
-        a few coupling-net activations of ``hidden`` channels at half resolution) exceed the free memory."""
-        c, h, w = self.image_shape
-        per_image_work = 4 * (2 * self.num_dims + 2 * self.code_dim) + 3 * 4 * self.cfg.hidden * (h // 2) * (w // 2)
-        need = n * self.num_dims + min(n, batch) * per_image_work
-        check_fits(need, f"sample(n={n:,}) ({n:,} images of {c}x{h}x{w}, {human_bytes(n * self.num_dims)} as uint8)",
-                   self.device, "Ask for fewer images, or draw them in parts and save each part.")
+    def _check_work(self, kept: int, images: int, what: str, fix: str) -> None:
+        """Refuse a call that keeps ``kept`` bytes and runs ``images`` images through the model at once when
+        that exceeds the device's free memory. The working set per image is estimated as the image and the
+        codes in float32 twice and three coupling-net activations of ``hidden`` channels at half resolution:
+        on the shipped Fashion-MNIST model (hidden 128) that is 0.29 MB, against 0.29-0.39 MB of peak
+        resident memory measured per image for sample() and log_prob() on 256 and 1024 images (CPU)."""
+        _, h, w = self.image_shape
+        per_image = 4 * (2 * self.num_dims + 2 * self.code_dim) + 3 * 4 * self.cfg.hidden * (h // 2) * (w // 2)
+        check_fits(kept + images * per_image, what, self.device, fix)
 
     @torch.no_grad()
     def resample_level(self, x: Tensor, level: Union[int, str], temperature: float = 1.0,

@@ -126,3 +126,16 @@ def test_level_accepts_numpy_and_tensor_indices(make_model, images):
 def test_swap_grid_refuses_a_flow_only_model(make_model, images):
     with pytest.raises(ValueError, match="flow-only"):
         generate.swap_grid(make_model("model.type=glow"), images(2))
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_the_pass(make_model, images, monkeypatch):
+    import flowvae.sizes as sizes
+
+    model = make_model()
+    x = images(100)
+    monkeypatch.setattr(sizes, "available_bytes", lambda device: 50 * 2080)  # ~50 tiny-model images per pass
+    with pytest.raises(ValueError, match=r"log_prob of 100 images \(k=1, chunk=256: 100 images per pass\).*Pass fewer"):
+        model.log_prob(x)
+    with pytest.raises(ValueError, match=r"k=4, chunk=256: 200 images per pass"):
+        model.log_prob(x, k=4)
+    assert model.log_prob(x[:10], k=4, chunk=40).shape == (10,)  # 40 images per pass fit

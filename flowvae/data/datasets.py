@@ -7,7 +7,6 @@ large ones (CelebA, folders) go through a DataLoader with workers.
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
