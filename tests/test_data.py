@@ -119,7 +119,7 @@ def _palette(h=4, w=4):
     rgb = np.zeros((h, w, 3), np.uint8)
     rgb[: h // 2] = (200, 200, 200)
     rgb[h // 2 :] = (10, 10, 10)
-    return Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=4)
+    return Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
 
 
 def _alpha(mode, alpha):
