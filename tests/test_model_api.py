@@ -89,7 +89,7 @@ def test_tensors_without_values_are_refused_clearly(make_model, images):
 def test_absurd_sizes_are_refused_at_once_naming_the_size(make_model, images):
     model = make_model()
     start = time.monotonic()
-    with pytest.raises(ValueError, match=r"sample\(n=10,000,000,000,000\).*would need about .* TB of memory .* free"):
+    with pytest.raises(ValueError, match=r"sample\(n=10,000,000,000,000\).*would need about .* TiB of memory .* free"):
         model.sample(10**13)
     with pytest.raises(ValueError, match=r"sample\(n=10,000,000,000,000\)"):
         generate.sample_images(model, 10**13)  # the path of `flowvae sample --n`
