@@ -332,7 +332,7 @@ class FlowVAE(nn.Module):
         """Refuse a call that keeps ``kept`` bytes and runs ``images`` images through the model at once when
         that exceeds the device's free memory. The working set per image is estimated as the image and the
         codes in float32 twice and three coupling-net activations of ``hidden`` channels at half resolution:
-        on the shipped Fashion-MNIST model (hidden 128) that is 0.29 MB, against 0.29-0.39 MB of peak
+        on the shipped Fashion-MNIST model (hidden 128) that is 0.29 MiB, against 0.29-0.39 MiB of peak
         resident memory measured per image for sample() and log_prob() on 256 and 1024 images (CPU)."""
         _, h, w = self.image_shape
         per_image = 4 * (2 * self.num_dims + 2 * self.code_dim) + 3 * 4 * self.cfg.hidden * (h // 2) * (w // 2)
