@@ -12,15 +12,19 @@ from ..visualize import blank_like
 
 
 @torch.no_grad()
-def sample_images(model: FlowVAE, n: int, temperature: float = 0.7, z_temperature: float = 1.0, batch: int = 64) -> Tensor:
-    out = [model.sample(min(batch, n - i), temperature, z_temperature) for i in range(0, n, batch)]
-    return torch.cat(out)
+def sample_images(model: FlowVAE, n: int, temperature: float = 0.7, z_temperature: float = 1.0, batch: int = 64,
+                  progress: bool = True) -> Tensor:
+    """n samples, ``batch`` at a time (the images of the seed are the ones this command always drew), with a
+    progress bar past 8 batches; a number that cannot fit in memory is refused up front (FlowVAE.sample)."""
+    return model.sample(n, temperature, z_temperature, batch=batch, progress=None if progress else False)
 
 
 @torch.no_grad()
 def swap_grid(model: FlowVAE, x: Tensor) -> tuple[Tensor, int]:
     """(n+1) x (n+1) grid. Row i keeps image i's local code, column j takes image j's global code;
     the top row shows the global-code donors and the left column the local-code donors."""
+    if not model.hybrid:
+        raise ValueError("swap exchanges global codes: this flow-only (model.type=glow) model has none")
     x = x.to(model.device)
     n = x.shape[0]
     z, eps = model.encode(x)

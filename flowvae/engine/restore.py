@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..model import check_count, check_dense, check_flag, check_number
+
 BUILTIN_MASKS = ("bottom", "centre", "center", "random")
 
 
@@ -89,6 +91,7 @@ def check_mask(mask: Tensor, shape: tuple[int, int, int], n: Optional[int] = Non
     c, h, w = shape
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a bool torch.Tensor (True = missing), got {type(mask).__name__}")
+    check_dense(mask, "mask")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must have dtype torch.bool (True = missing pixel), got {mask.dtype}; "
                         f"e.g. mask = (m > 0) for a 0/1 or 0/255 mask")
@@ -170,10 +173,9 @@ def inpaint(model, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, 
     x_int = model._prepare(x)
     n = x_int.shape[0]
     m = check_mask(mask, model.image_shape, n).to(x_int.device).expand_as(x_int)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if samples < 0:
-        raise ValueError(f"samples must be >= 0, got {samples}")
+    samples, steps, seed = check_count(samples, "samples", 0), check_count(steps, "steps", 0), check_count(seed, "seed", None)
+    lr = check_number(lr, "lr", strict=True, hint=" (Adam's step in pixel values)")
+    noise = check_number(noise, "noise", hint=" (pixel values)")
     top = 2**model.n_bits
     if fill is None:
         obs = (~m).float()
@@ -203,14 +205,17 @@ def denoise(model, x_noisy: Tensor, sigma: Optional[float] = None, salt_pepper: 
             lr: float = 5.0) -> Tensor:
     """A clean estimate of uint8 ``x_noisy``: Gaussian noise of std ``sigma`` (pixel values 0..255) by MAP
     under the model, or ``salt_pepper`` noise by inpainting the pixels at 0 or 255 (module docstring)."""
+    model._prepare(x_noisy, "x_noisy")
+    salt_pepper = check_flag(salt_pepper, "salt_pepper")
     if salt_pepper == (sigma is not None):
         raise ValueError("give exactly one of sigma (Gaussian noise) or salt_pepper=True")
+    steps = check_count(steps, "steps", 0)
+    lr = check_number(lr, "lr", strict=True, hint=" (Adam's step in pixel values)")
     if salt_pepper:
         m = (x_noisy == 0) | (x_noisy == 255)
         start = median_filter(x_noisy.cpu()).float()  # a good start: most true black pixels stay black
         return inpaint(model, x_noisy, m, steps=steps, lr=lr, fill=start)["map"]
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma (the noise std in pixel values 0..255) must be a finite number > 0, got {sigma}")
+    sigma = check_number(sigma, "sigma", strict=True, hint=" (the noise std in pixel values 0..255)")
     x_int = model._prepare(x_noisy)
     s = sigma / 2 ** (8 - model.n_bits)
     noisy = x_int + 0.5

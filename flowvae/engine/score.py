@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..model import check_draws
 from ..objective import LN2
 
 SPLIT_KEYS = ("global_bpd", "local_bpd")
@@ -96,8 +97,7 @@ def score_images(model, x: Tensor, k: int = 1, split: Optional[bool] = None, ref
     ``split``: include ``global_bpd`` / ``local_bpd`` (default: when the model is a hybrid; True on a
     flow-only model is an error: it has no global code to split off). ``reference``: a second model
     (a local background flow) for ``reference_bpd`` and ``lr_bpd``."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = check_draws(k)
     if split is None:
         split = model.hybrid
     if split and not model.hybrid:

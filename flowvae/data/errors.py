@@ -1,0 +1,5 @@
+"""The data package's error: a dataset or image that cannot be used as asked (the message says why and the fix)."""
+
+
+class DataError(RuntimeError):
+    pass
