@@ -304,45 +304,14 @@ def _test_images(job: Job, first: int, n: int) -> torch.Tensor:
     return ds[torch.arange(first, first + n)][0].to(job.model.device)
 
 
-def _image_sizes(files: list[Path]) -> dict[tuple[int, int], list[Path]]:
-    """{(H, W): files} from the image headers."""
-    from PIL import Image
-
-    sizes: dict[tuple[int, int], list[Path]] = {}
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                sizes.setdefault((im.height, im.width), []).append(f)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            raise UsageError(f"--images: cannot read image {f} ({type(e).__name__}: {str(e).strip()[:200]})") from None
-    return sizes
-
-
 def user_images(path: str, model, resize: bool):
     """A dataset of one image file or every image under a folder (subfolders included), in the model's
-    channels. Images of another size than the model's are refused (naming the sizes found) unless
-    ``resize``, which resizes them with a printed note: the rule of every ``--images`` option."""
-    from .data.datasets import _IMG_EXT, FileImages, _list_images
+    channels. Images of another size than the model's are refused (naming them) unless ``resize``, which
+    resizes them with a printed note: the rule of every ``--images`` option."""
+    from .data import read_image_files
 
-    p = Path(path).expanduser()
-    if p.is_file():
-        files, labels = [p], [0]
-    elif p.is_dir():
-        files, labels = _list_images(p)
-        if not files:
-            raise UsageError(f"--images {p}: no images ({', '.join(_IMG_EXT)}) in this folder or its subfolders")
-    else:
-        raise UsageError(f"--images: image file or folder not found: {p}")
-    c, h, w = model.image_shape
-    other = {s: fs for s, fs in _image_sizes(files).items() if s != (h, w)}
-    if other:
-        found = "; ".join(f"{len(fs)} of {sh}x{sw} (e.g. {fs[0].name})" for (sh, sw), fs in other.items())
-        count = sum(len(fs) for fs in other.values())
-        if not resize:
-            raise UsageError(f"--images {p}: {count} of {len(files)} images are not {h}x{w}, the model's size (HxW): "
-                             f"{found}. Pass --resize to resize them, or give images of the model's size")
-        print(f"note: --resize: resizing {count} of {len(files)} images to {h}x{w} ({found})")
-    return FileImages(files, labels, c, (h, w), f"images {p}")
+    return read_image_files(path, model.image_shape, resize=resize,
+                            resize_hint="pass --resize to resize them, or give images of the model's size")
 
 
 def check_grid_memory(images: int, image_shape: Sequence[int], what: str) -> None:

@@ -410,7 +410,7 @@ def test_images_of_another_size_are_refused_unless_resize(tiny_run, tmp_path, ca
     err = error_of(capsys, *argv)
     assert "2 of 3 images" in err and "not 28x28" in err and "32x32" in err and "--resize" in err and not out.exists()
     assert main([*argv, "--resize"]) == 0
-    assert "note: --resize: resizing 2 of 3 images to 28x28" in capsys.readouterr().out and out.is_file()
+    assert "note: resizing 2 of 3 images to 28x28" in capsys.readouterr().out and out.is_file()
     assert "--resize" in build_parser()._subparsers._group_actions[0].choices[cmd].format_help()
 
 

@@ -198,8 +198,10 @@ def read_image_files(path, image_shape: tuple[int, int, int], resize: bool = Fal
         raise DataError(f"image file or folder not found: {p}")
     c, h, w = image_shape
     other = [(f, hw) for f in files for hw in [image_size(f)] if hw != (h, w)]
-    if other and not resize:
-        listing = ", ".join(f"{f.name} ({a}x{b})" for f, (a, b) in other[:3]) + (", ..." if len(other) > 3 else "")
+    listing = ", ".join(f"{f.name} ({a}x{b})" for f, (a, b) in other[:3]) + (", ..." if len(other) > 3 else "")
+    if other and resize:
+        print(f"note: resizing {len(other)} of {len(files)} images to {h}x{w}: {listing}")
+    elif other:
         raise DataError(f"{len(other)} of {len(files)} images under {p} are not {h}x{w} (HxW), the model's size: "
                         f"{listing}. Nothing is resized silently: {resize_hint}.")
     return FileImages(files, labels, c, (h, w), f"images {p}")
