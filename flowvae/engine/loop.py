@@ -21,7 +21,7 @@ from ..visualize import grid
 from . import distributed as D
 from .evaluate import evaluate
 from .generate import reconstruct_grid, resample_level_grid, sample_images, swap_grid
-from .schedule import MIN_PLANNING_STEPS, get_lr, plan_due, plan_steps
+from .schedule import get_lr, plan_due, plan_steps
 from .step import Trainer, train_step
 
 # A run stops when more than train.max_skip_fraction of its steps were skipped, judged from this many steps on.
@@ -169,10 +169,9 @@ class Budget:
             planned = int(D.all_reduce(torch.tensor([planned], dtype=torch.float64, device=info.device), info, "min").item())
         c.planned_steps = planned
         per_step = (self.seconds - c.train_seconds) / max(planned - c.step, 1)
-        self.run.say(f"planned {planned} steps: the rest of train.max_minutes={self.t.max_minutes:g} at the "
-                     f"{per_step * 1000:.0f} ms/step measured over {len(times)} warm-up steps; the lr schedule "
-                     f"runs over them (stored in the checkpoint: --resume keeps this plan; at least "
-                     f"{MIN_PLANNING_STEPS} warm-up steps are timed)")
+        self.run.say(f"planned {planned} steps: the rest of train.max_minutes={self.t.max_minutes:g} at "
+                     f"{per_step * 1000:.0f} ms/step, the speed of the warm-up (its last {len(times) - len(times) // 4} "
+                     f"timed steps); the lr schedule runs over them, and --resume keeps this plan")
 
     def steps_left(self, per_step: float) -> float:
         """Steps the planned count and the time budget leave at ``per_step`` seconds a step."""
