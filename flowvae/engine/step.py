@@ -29,7 +29,7 @@ class Trainer:
     grad_clip: float
     seed: int
     amp: Callable = contextlib.nullcontext
-    ddp: Optional[nn.Module] = None     # the DistributedDataParallel wrapper of _LossModule(model)
+    ddp: Optional[nn.Module] = None     # the DistributedDataParallel wrapper of LossModule(model)
     terms: list = field(default_factory=list)
     logged: tuple = ()                  # the model's per-image terms to average for the log
 
