@@ -56,6 +56,10 @@ class Run:
     batches_per_epoch: int
     eval_images: int
     say: object = print
+    guard: "SkipGuard" = None               # this process's skipped steps (set from the config)
+
+    def __post_init__(self):
+        self.guard = SkipGuard(self.cfg.train.max_skip_fraction)
 
     @property
     def t(self):
@@ -76,7 +80,6 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
     """Train until the planned step count, the time budget or a stop request; True if stopped by a
     signal (Ctrl-C / SIGTERM on any rank)."""
     c, t = run.c, run.t
-    guard = SkipGuard(t.max_skip_fraction)
     batches = global_batches(run)
     while not budget.done():
         x = next(batches)
@@ -87,7 +90,7 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
                          log_terms=log.due(c.step + 1))
         budget.count(time.perf_counter() - tic)
         c.step, c.batch_in_epoch, c.skipped = c.step + 1, c.batch_in_epoch + 1, c.skipped + (not res.applied)
-        guard.count(res.applied, c.step, t.lr)
+        run.guard.count(res.applied, c.step, t.lr)
         log.step(res, x.shape[0] * run.tr.info.world_size, budget)
         if t.eval_every and c.step % t.eval_every == 0:
             log.evaluation(periodic_evaluation(run), run.eval_model)
@@ -211,18 +214,18 @@ class Logger:
         self.w_steps, self.w_images = self.w_steps + 1, self.w_images + images
         if res.applied:
             self.w_loss, self.w_applied = self.w_loss + res.loss, self.w_applied + 1
-        self.bar.update(1)
         if self.due(c.step):
             self._log(res, budget)
+        self.bar.update(1)
 
     def _log(self, res, budget: Budget) -> None:
         run, c, info = self.run, self.run.c, self.run.tr.info
-        seconds = max(c.train_seconds - self.w_seconds, 1e-9)
+        seconds = max(c.train_seconds - self.w_seconds, 1e-9)  # the window's steps
         vals = torch.stack([res.loss, res.grad_norm.float(), self.w_loss / max(self.w_applied, 1),
                             *res.terms.values()]).double()
         loss, gnorm, window_bpd, *terms = D.all_reduce(vals, info, "mean").tolist()  # the log step's sync
         left = budget.steps_left(seconds / self.w_steps)
-        self.bar.set_total(c.step + left if math.isfinite(left) else None)
+        self.bar.set_total(c.step + left if math.isfinite(left) else None)  # what the budget is expected to allow
         self.bar.set_postfix_str((f"bpd {window_bpd:.3f}" if self.w_applied else "bpd nan") +
                                  f", {self.w_images / seconds:.0f} img/s, ETA {_clock(left * seconds / self.w_steps)}"
                                  + (f", skipped {c.skipped}" if c.skipped else ""))

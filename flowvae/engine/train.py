@@ -162,8 +162,11 @@ def _guarded_loop(run: Run, budget: Budget, log: Logger, ckpt: Checkpointer, sto
 
 def _finish(run: Run, log: Logger, progress: bool) -> dict:
     """The final evaluation (sharded over ranks), its TensorBoard entries and train_metrics.json."""
-    c, info = run.c, run.tr.info
+    c, info, guard = run.c, run.tr.info, run.guard
     log.bar.close()
+    if guard.skipped:
+        run.say(f"warning: {guard.skipped} of this run's {guard.steps} steps ({100 * guard.skipped / guard.steps:.0f}%) were "
+                f"skipped (non-finite loss or gradient norm); if this grows, lower train.lr or raise train.warmup_steps")
     res = periodic_evaluation(run, progress=progress and run.main)
     res.update(step=c.step, epochs=round(c.step / run.batches_per_epoch, 3), skipped_steps=c.skipped,
                train_minutes=round(c.train_seconds / 60, 2), world_size=info.world_size, planned_steps=c.planned_steps)
