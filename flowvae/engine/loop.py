@@ -84,7 +84,7 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
     while not budget.done():
         x = next(batches)
         budget.plan_if_due()
-        tic = time.perf_counter()
+        tic = time.perf_counter()  # kl_scale: beta times the KL warm-up (objective.py)
         res = train_step(run.tr, x, c.step, budget.lr(c.step), run.tr.model.objective.kl_scale(c.step),
                          flags=lambda: {"stop": stop.requested, "time": budget.out_of_time(tic)},
                          log_terms=log.due(c.step + 1))
@@ -96,8 +96,7 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
             log.evaluation(periodic_evaluation(run), run.eval_model)
         if t.checkpoint_every and c.step % t.checkpoint_every == 0:
             ckpt.save()
-        if res.flags["stop"] or res.flags["time"]:
-            budget.stopped_by_time = bool(res.flags["time"]) and not res.flags["stop"]
+        if res.flags["stop"] or res.flags["time"]:  # agreed by all ranks in the step's all-reduce
             return bool(res.flags["stop"])
     return False
 
@@ -144,7 +143,6 @@ class Budget:
         self.run, self.t, self.c = run, run.t, run.c
         self.seconds = self.t.max_minutes * 60 if self.t.max_minutes > 0 else math.inf
         self.step_times: list[float] = []
-        self.stopped_by_time = False
 
     def lr(self, step: int) -> float:
         return get_lr(step, self.t, self.c.planned_steps)

@@ -42,9 +42,10 @@ DistributedDataParallel, NCCL on CUDA (device ``cuda:LOCAL_RANK``) and gloo on C
 * Each micro-batch draws its noise (dequantisation, z) from a generator seeded by (seed, step,
   global micro-batch index), so ranks draw different noise, a resumed run draws what an uninterrupted
   one would, and 2 processes compute what 1 process with ``grad_accum=2`` computes.
-* One all-reduce per step carries the finiteness of each rank's loss and gradient norm, a Ctrl-C /
-  SIGTERM on any rank and the time budget (any rank's clock), so all ranks skip together and stop
-  after the same step. A time-planned step count is the smallest over ranks.
+* Besides DDP's gradient all-reduce, one all-reduce per step carries the finiteness of each rank's loss
+  and gradient norm, a Ctrl-C / SIGTERM on any rank and the time budget (any rank's clock), so all
+  ranks skip together and stop after the same step; log steps add one for the logged means. A
+  time-planned step count is the smallest over ranks.
 * Only rank 0 logs, shows progress and writes checkpoints (unwrapped weights, no ``module.``
   prefixes); logged training metrics are means over ranks; evaluation is sharded over ranks and
   reduced (evaluate.py).
