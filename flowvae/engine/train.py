@@ -142,6 +142,7 @@ def _guarded_loop(run: Run, budget: Budget, log: Logger, ckpt: Checkpointer, sto
     lost peer process, ...) keeps the last finished step: the counters match the weights."""
     try:
         interrupted = run_loop(run, budget, log, ckpt, stop)
+        ckpt.save()
     except KeyboardInterrupt:  # a second Ctrl-C: the step in flight may be half done, so do not save it
         log.close()
         run.say(f"stopped at once by a second Ctrl-C; {ckpt.path} holds the last periodic checkpoint")
@@ -157,7 +158,6 @@ def _guarded_loop(run: Run, budget: Budget, log: Logger, ckpt: Checkpointer, sto
             raise exc from None
         run.say(f"training failed at step {run.c.step}; checkpoint saved to {ckpt.path} (continue with --resume)")
         raise
-    ckpt.save()
     return interrupted
 
 
