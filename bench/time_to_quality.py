@@ -43,7 +43,7 @@ LN2 = math.log(2.0)
 def flowvae_cmd(kind: str, out: Path, a) -> list[str]:
     overrides = [f"model.type={'glow' if kind == 'flowvae_glow' else 'hybrid'}", f"train.threads={a.threads}",
                  "train.eval_every=0", "train.checkpoint_every=0", f"train.eval_images={a.eval_images}",
-                 f"train.max_minutes={a.minutes}", f"train.max_steps={a.max_steps or 1_000_000}",
+                 f"train.max_minutes={a.minutes}", f"train.max_steps={a.max_steps or 0}",
                  f"train.seed={a.seed}"]
     if a.data_root:
         overrides.append(f"data.root={a.data_root}")

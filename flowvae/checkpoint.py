@@ -1,4 +1,4 @@
-"""Checkpoints: one file holding model, EMA, optimiser, scheduler, step, config and RNG state.
+"""Checkpoints: one file holding model, EMA, optimiser, step, planned step count, config and RNG state.
 
 Written atomically (temp file + rename) so an interrupted save never leaves a
 broken checkpoint, and loaded with ``weights_only=True`` (no arbitrary code).
@@ -106,9 +106,9 @@ def save_checkpoint(path: Union[str, Path], state: dict) -> None:
             tmp.unlink()
         except OSError:
             pass
-        old = " the previous checkpoint there is unchanged;" if path.is_file() else ""
-        raise CheckpointError(f"cannot write checkpoint {path}: {describe_write_error(path, e)};{old} "
-                              f"free some space (or fix the folder) and continue with --resume") from None
+        advice = (" the previous checkpoint there is unchanged; free some space (or fix the folder) and continue with "
+                  "--resume" if path.is_file() else " free some space (or fix the folder)")
+        raise CheckpointError(f"cannot write checkpoint {path}: {describe_write_error(path, e)};{advice}") from None
 
 
 def checkpoint_file(path: Union[str, Path]) -> Path:

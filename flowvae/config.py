@@ -79,18 +79,23 @@ class DataConfig:
     workers: int = 0
 
 
+# train.max_steps=0 plans the step count at the end of the warm-up, timed over at least this many steps.
+MIN_PLANNING_STEPS = 20
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 64
     optimizer: str = "adamax"       # adamax | adamw
     lr: float = 1e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 500
-    lr_schedule: str = "constant"   # constant | cosine: after warm-up, lr decays to 0 by the end of the run (steps or minutes)
+    warmup_steps: int = 500         # the lr rises linearly over these steps
+    lr_schedule: str = "constant"   # constant | cosine: after warm-up, the lr decays to 0 at the planned step count
     grad_clip: float = 50.0
-    ema_decay: float = 0.999
-    max_steps: int = 10000
-    max_minutes: float = 0.0        # wall-clock budget (0 = none); training stops at whichever limit comes first
+    ema_decay: float = 0.999        # 0: no average, evaluation uses the trained weights
+    max_steps: int = 10000          # the planned step count (the run's length and the lr schedule's); 0: plan it
+                                    # from max_minutes at the end of the warm-up (printed, kept by --resume)
+    max_minutes: float = 0.0        # time in training steps after which the run stops early (0 = none); never changes the lr
     init_batch_size: int = 512      # images for ActNorm's data-dependent initialisation
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -335,14 +340,14 @@ def validate(cfg: Config) -> None:
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
     t, e, d = cfg.train, cfg.eval, cfg.data
-    positive = {"train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.log_every": t.log_every,
+    positive = {"train.batch_size": t.batch_size, "train.log_every": t.log_every,
                 "train.init_batch_size": t.init_batch_size, "train.lr": t.lr, "train.grad_accum": t.grad_accum, "eval.k": e.k,
                 "eval.batch_size": e.batch_size, "model.coupling_clamp": m.coupling_clamp,
                 "model.encoder_width": m.encoder_width, "model.encoder_blocks": m.encoder_blocks}
     for name, v in positive.items():
         if not v > 0:
             raise ConfigError(f"{name} must be > 0, got {v}")
-    non_negative = {"train.checkpoint_every": t.checkpoint_every, "train.eval_every": t.eval_every,
+    non_negative = {"train.max_steps": t.max_steps, "train.checkpoint_every": t.checkpoint_every, "train.eval_every": t.eval_every,
                     "train.eval_images": t.eval_images, "train.max_minutes": t.max_minutes,
                     "train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
                     "eval.limit": e.limit, "data.limit_train": d.limit_train,
@@ -351,6 +356,7 @@ def validate(cfg: Config) -> None:
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+    _validate_plan(t)
     if not t.grad_clip > 0 or not math.isfinite(t.grad_clip):
         raise ConfigError(f"train.grad_clip must be a finite number > 0 (the max gradient norm), got {t.grad_clip}")
     if t.threads < -1:
@@ -365,3 +371,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.channels must be 0 (the model's), 1 or 3, got {d.channels}")
     if not 0 < d.test_fraction < 1:
         raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
+
+
+def _validate_plan(t: TrainConfig) -> None:
+    """train.max_steps: 0 plans the step count from the time budget, timed over the warm-up's steps."""
+    if t.max_steps > 0:
+        return
+    if not t.max_minutes > 0:
+        raise ConfigError("train.max_steps=0 plans the run's step count from its time budget: give train.max_minutes "
+                          "too (or a step count in train.max_steps)")
+    if t.warmup_steps < MIN_PLANNING_STEPS:
+        raise ConfigError(f"train.max_steps=0 plans the step count at the end of the warm-up from the speed of its "
+                          f"steps: train.warmup_steps must be at least {MIN_PLANNING_STEPS}, got {t.warmup_steps}")

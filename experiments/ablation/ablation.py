@@ -105,7 +105,7 @@ def main():
         for m in models:
             cmd = fl + ["train", "--config", a.config, "--out", str(out / m), "--no-progress",
                         *VARIANTS[ALIASES.get(m, m)], f"train.max_minutes={a.minutes}",
-                        f"train.threads={-1 if a.sequential else 1}", *a.overrides]
+                        "train.max_steps=0", f"train.threads={-1 if a.sequential else 1}", *a.overrides]
             if (out / m / "checkpoint.pt").exists():
                 cmd.append("--resume")  # an interrupted ablation continues where it stopped
             if a.sequential:

@@ -40,7 +40,7 @@ def train_cmd(recipe: str, d: Path, a) -> list[str]:
     if (d / "checkpoint.pt").exists():
         return cmd + ["--resume"]
     cmd += ["--config", str(ROOT / RECIPES[recipe]), f"train.threads={a.threads}",
-            f"train.max_minutes={a.minutes}", "train.checkpoint_every=200", "train.eval_every=500",
+            f"train.max_minutes={a.minutes}", "train.max_steps=0", "train.checkpoint_every=200", "train.eval_every=500",
             "train.eval_images=1000", f"train.seed={a.seed}"]
     if a.data_root:
         cmd.append(f"data.root={a.data_root}")

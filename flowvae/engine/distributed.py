@@ -131,15 +131,6 @@ def all_reduce(t: Tensor, info: DistInfo, op: str = "sum") -> Tensor:
     return t
 
 
-def reduce_flags(info: DistInfo, device: torch.device, **values: float) -> dict[str, float]:
-    """Max of each named scalar over ranks, in one all-reduce (booleans: any rank's True wins)."""
-    if not info.enabled:
-        return {k: float(v) for k, v in values.items()}
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return dict(zip(values.keys(), t.tolist()))
-
-
 def broadcast_module(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
     """Copy every parameter and buffer of rank ``src`` to all ranks (identical models before training)."""
     if not info.enabled:
