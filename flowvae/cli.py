@@ -7,6 +7,7 @@
     flowvae swap --checkpoint runs/quick --n 8 --out swap.png
     flowvae reconstruct --checkpoint runs/quick --n 8 --out reconstruct.png
     flowvae interpolate --checkpoint runs/quick --pairs 4 --steps 10 --out interpolate.png
+    flowvae prepare --data my_images/ --out my_images.npy --size 64   # then data.dataset=array data.root=my_images.npy
     flowvae resample-level --checkpoint runs/hier --level all --n 6 --m 7     # one grid per latent group
     flowvae analyze --checkpoint runs/hier --classifier runs/classifier.pt   # swap consistency, probes, KL
     flowvae score --checkpoint runs/quick --out scores.csv [--images my_folder/]  # anomaly scores per image
@@ -158,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "the images are taken as already noisy)")
         _common(p, f"PNG grid (default: <run dir>/{name}.png)")
 
+    _add_prepare(sub)
+
     p = sub.add_parser("interpolate", help="interpolate z and eps between pairs of test images")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--pairs", type=POSITIVE, default=4)
@@ -166,6 +169,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-labels", action="store_true", help="no caption band above the grid")
     _common(p, "PNG file (default: <run dir>/interpolate.png)")
     return ap
+
+
+def _add_prepare(sub) -> None:
+    """``flowvae prepare``: decode an image folder once into a uint8 .npy (flowvae/data/prepare.py)."""
+    p = sub.add_parser("prepare", help="decode an image folder once into a uint8 .npy array (train on it with "
+                                       "data.dataset=array data.root=OUT)")
+    p.add_argument("--data", required=True, help="folder of images (class subfolders become labels)")
+    p.add_argument("--out", required=True, help="the .npy file to write")
+    p.add_argument("--size", type=POSITIVE, default=None, help="resize every image to SIZE x SIZE (bicubic)")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="1 (grey) or 3 (RGB; default)")
+    p.add_argument("--center-crop", type=POSITIVE, default=None, help="centre square crop before resizing (CelebA: 148)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding processes (default 2)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _prepare(args) -> int:
+    from .data import prepare_folder
+    from .runtime import check_output
+
+    check_output(args.out)
+    res = prepare_folder(args.data, args.out, size=args.size, channels=args.channels, center_crop=args.center_crop,
+                         workers=args.workers, progress=not args.no_progress)
+    c, h, w = res["shape"]
+    print(f"wrote {res['out']}: {res['images']} images of {c}x{h}x{w} uint8 ({res['bytes'] / 2**20:.1f} MB)"
+          + (" and their labels" if res["labels"] else "") + f". Train on it with: data.dataset=array data.root={res['out']}")
+    return 0
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -264,6 +293,8 @@ def _dispatch(args) -> int:
             cfg = load_config(cfg_path, args.overrides)
         train(cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress)
         return 0
+    if args.command == "prepare":
+        return _prepare(args)
 
     model, cfg = _load(args)
     apply_threads(cfg.train.threads)  # the same thread policy as training (README, "A busy machine")
