@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
         rates["prepared array (memory map)"].append(loader_rate(arr, 0, min(len(arr), 20 * a.timed_images), 64, seed=r))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), file=sys.stderr, flush=True)
     model = model_rate(a.model_batch, a.model_steps)
-    res = {"setup": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "images": len(files), "jpeg": "178x218, quality 90",
+    res = {"setup": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "images": len(files), "jpeg": "178x218, quality 90",
                      "pipeline": "centre crop 148, bicubic resize 64x64", "rounds": a.rounds, "timed_images": a.timed_images,
                      "torch": torch.__version__},
            "loader_img_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},

@@ -77,3 +77,21 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(tmp_path), *args],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.returncode != 0 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_flop_count_sees_the_gemm_path_as_the_conv_path():
+    """The roofline's FLOP count (torch's FlopCounterMode) must see the GEMM coupling's hand-written backward:
+    the same network as nn.Conv2d calls (coupling_impl=conv) does the same multiply-adds."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from benchmark import Bench
+    from gpu_check import QUICK, bench_args, synthetic_images
+    from roofline import gemm_rate, training_flops
+
+    images = synthetic_images(QUICK, 16)
+    flops = {impl: training_flops(Bench("flowvae_glow", bench_args(QUICK, "fp32", impl), torch.device("cpu"), images),
+                                  images[:8]) for impl in ("gemm", "conv")}
+    assert flops["gemm"] > 0
+    # the GEMM path pads nothing and the conv path counts the same taps: within 5% (the first layer's bias
+    # column in the GEMM is the only extra work)
+    assert abs(flops["gemm"] - flops["conv"]) / flops["conv"] < 0.05, flops
+    assert gemm_rate(64, 64, 64, torch.float32, torch.device("cpu"), seconds=0.01) > 0
