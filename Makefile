@@ -4,12 +4,13 @@
 #   make test         set up .venv and run the test suite (what .ci/run calls)
 #   make bench        the speed/memory benchmark against normflows' Glow (bench/benchmark.py)
 #   make docs         build the documentation site into site/ (mkdocs, strict: a broken link or page fails)
+#   make gpu-check    on a CUDA machine: tests, speed, memory, roofline and torchrun in ~6 minutes (bench/gpu_check.py)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/quickstart
 
-.PHONY: setup test test-fast quickstart bench docs clean
+.PHONY: setup test test-fast quickstart bench docs gpu-check gpu-check-cpu gpu-vendor-normflows clean
 
 $(BIN)/.installed: pyproject.toml requirements/cpu.txt
 	$(PY) -m venv $(VENV)
@@ -50,6 +51,26 @@ docs: $(BIN)/.docs-installed
 # Speed and memory of flowvae's Glow, its hybrid and normflows' Glow of the same size (docs/benchmarks.md)
 bench: setup
 	$(BIN)/python bench/benchmark.py --out bench/results.json
+
+# The GPU session: one command, results in $(GPU_OUT)/gpu_check.{json,md}. It runs with the machine's own python
+# (its CUDA build of torch; no venv, no network). normflows (the comparison Glow and the flow prior) is not in
+# GPU images: bring it, prepared where the network is, as a wheel:  pip download normflows --no-deps -d wheels/
+# or, offline, as the package copied from this venv:               make gpu-vendor-normflows
+GPU_PY ?= python3
+GPU_OUT ?= bench/results/gpu_check
+gpu-check:
+	@if $(GPU_PY) -c "import normflows" 2>/dev/null; then echo "normflows: installed"; \
+	elif ls wheels/normflows-*.whl >/dev/null 2>&1; then $(GPU_PY) -m pip install --no-deps --no-index --find-links wheels normflows; \
+	elif [ -d wheels/normflows ]; then echo "normflows: from wheels/normflows"; \
+	else echo "normflows: not in wheels/ (see the Makefile); its rows will be skipped"; fi
+	PYTHONPATH=$(CURDIR)/wheels$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) bench/gpu_check.py --device cuda --out $(GPU_OUT)
+
+gpu-vendor-normflows: setup
+	mkdir -p wheels && cp -r "$$($(BIN)/python -c 'import normflows, os; print(os.path.dirname(normflows.__file__))')" wheels/
+
+# The same stages at tiny sizes on CPU (what tests/test_gpu_check.py runs)
+gpu-check-cpu: setup
+	$(BIN)/python bench/gpu_check.py --device cpu --quick --out runs/gpu_check_cpu
 
 clean:
 	rm -rf $(VENV) runs site

@@ -58,9 +58,12 @@ LN2 = math.log(2.0)
 
 # ----------------------------------------------------------------------------- models
 def _flowvae_cfg(kind: str, a):
+    """The model of ``kind`` at ``a``'s size. Other callers (bench/gpu_check.py) may set ``a.config`` (a file
+    under configs/) and ``a.overrides`` (model.* items applied first) for other image shapes."""
     from flowvae import load_config
 
-    return load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides=[
+    base = getattr(a, "config", "fashion_mnist.yaml")
+    return load_config(ROOT / "configs" / base, overrides=[*getattr(a, "overrides", ()),
         f"model.type={'glow' if kind.startswith('flowvae_glow') else 'hybrid'}", f"model.levels={a.levels}",
         f"model.steps={a.steps}", f"model.hidden={a.hidden}",
         f"model.coupling_impl={'conv' if kind.endswith('_conv2d') else a.coupling_impl}"])
@@ -135,7 +138,8 @@ class FlowvaeAdapter(torch.nn.Module):
 def build(kind: str, a, device):
     torch.manual_seed(0)
     if kind == "normflows_glow":
-        m = NormflowsAdapter(build_normflows_glow(a.levels, a.steps, a.hidden))
+        shape = tuple(getattr(a, "shape", (1, 28, 28)))
+        m = NormflowsAdapter(build_normflows_glow(a.levels, a.steps, a.hidden, shape), shape)
     else:
         from flowvae import FlowVAE
 

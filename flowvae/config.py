@@ -67,7 +67,7 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | fashion_mnist_sample | mnist | cifar10 | celeba | folder
+    dataset: str = "fashion_mnist"  # fashion_mnist | fashion_mnist_sample | mnist | cifar10 | celeba | folder | array (flowvae prepare)
     root: str = ""                  # local path; empty = the dataset's default location
     download: bool = False          # only download when asked
     image_size: int = 0             # resize (celeba, folder); 0 = native size

@@ -21,7 +21,7 @@ from .images import image_size, read_image
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "fashion_mnist_sample"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("fashion_mnist", "fashion_mnist_sample", "mnist", "cifar10", "celeba", "folder")
+DATASETS = ("fashion_mnist", "fashion_mnist_sample", "mnist", "cifar10", "celeba", "folder", "array")
 
 
 # ----------------------------------------------------------------- idx files
@@ -163,6 +163,16 @@ def list_images(folder: Path) -> tuple[list[Path], list[int]]:
 _list_images = list_images  # the older private name
 
 
+
+def split_indices(n: int, test_fraction: float, split: str) -> list[int]:
+    """The images of ``split`` among ``n`` in a folder without train/ and test/ (and in a prepared array of it):
+    a fixed permutation, independent of the training seed, whose first ``test_fraction`` are the test set."""
+    g = torch.Generator().manual_seed(1234)
+    perm = torch.randperm(n, generator=g).tolist()
+    n_test = max(1, int(round(test_fraction * n)))
+    return perm[:n_test] if split == "test" else perm[n_test:]
+
+
 def _validate_images(files: list[Path], resize: bool, where: str) -> None:
     """Decode every image once, up front: a corrupt file, or one whose mode cannot be converted exactly
     (images.py), fails now, naming it, not mid-training after a checkpoint. Without data.image_size all
@@ -216,15 +226,12 @@ def _folder(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
     channels = cfg.channels or model.image_channels
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
     if (root / "train").is_dir() and (root / "test").is_dir():
-        files, labels = _list_images(root / split)
+        files, labels = list_images(root / split)
     else:
-        files, labels = _list_images(root)
+        files, labels = list_images(root)
         if not files:
             raise DataError(f"no images ({', '.join(_IMG_EXT)}) under {root}")
-        g = torch.Generator().manual_seed(1234)  # fixed split, independent of the training seed
-        perm = torch.randperm(len(files), generator=g).tolist()
-        n_test = max(1, int(round(cfg.test_fraction * len(files))))
-        keep = perm[:n_test] if split == "test" else perm[n_test:]
+        keep = split_indices(len(files), cfg.test_fraction, split)
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     if files:
         _validate_images(files, size is not None, f"image folder {root} ({split})")
@@ -279,6 +286,10 @@ def load_dataset(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
         ds = _celeba(cfg, split)
     elif name == "folder":
         ds = _folder(cfg, model, split)
+    elif name == "array":  # a folder decoded once by `flowvae prepare` (prepare.py)
+        from .prepare import load_array
+
+        ds = load_array(cfg.root, split, cfg.test_fraction, cfg.image_size)
     else:
         raise DataError(f"unknown data.dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if cfg.exclude_classes:
@@ -289,6 +300,8 @@ def load_dataset(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
     limit = cfg.limit_train if split == "train" else cfg.limit_test
     if limit and isinstance(ds, TensorImages):
         ds = TensorImages(ds.images[:limit], ds.labels[:limit], ds.name)
+    elif limit and hasattr(ds, "take"):
+        ds = ds.take(limit)
     elif limit:
         ds.files, ds.labels = ds.files[:limit], ds.labels[:limit]
     want = (model.image_channels, *model.image_size)

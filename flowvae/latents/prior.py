@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import normflows as nf
 import torch
 from torch import Tensor, nn
 
@@ -42,6 +41,11 @@ class FlowPrior(nn.Module):
         super().__init__()
         if z_dim % 2:
             raise ValueError(f"a flow prior needs an even z_dim, got {z_dim}")
+        try:  # imported here: only this prior needs normflows (a GPU image may lack it; model.prior=normal works)
+            import normflows as nf
+        except ImportError as e:
+            raise ImportError(f"model.prior=flow needs the normflows package ({e}); pip install normflows, "
+                              f"or set model.prior=normal") from None
         flows = []
         for _ in range(layers):
             net = nf.nets.MLP([z_dim // 2, hidden, hidden, z_dim], init_zeros=True)
