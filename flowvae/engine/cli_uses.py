@@ -1,4 +1,4 @@
-"""``flowvae score | inpaint | denoise``: the command-line side of engine/score.py and engine/restore.py."""
+"""``flowvae score | inpaint | denoise``: the command-line side of uses/score.py and uses/restore.py."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +9,8 @@ import torch
 
 from ..data import load_dataset
 from ..visualize import save_grid
-from . import restore
-from .score import check_reference, score_dataset
+from ..uses import restore
+from ..uses.score import check_reference, score_dataset
 
 
 def _user_images(path: str, model):

@@ -396,8 +396,8 @@ def _train(cfg: Config, out: Path, info: D.DistInfo, resume: bool, progress: boo
                                 out_d = run_loss(xm.to(dev, non_blocking=True), kl_weight)
                             loss = out_d["loss"]
                             if tc is not None:  # gamma * TC(z) in bits/dim, like the KL; not part of elbo_bpd
-                                z_glob = out_d["z_sample"][:, : cfg.model.z_dim]
-                                loss = loss + tc.weight * tc.penalty(z_glob).mean() / (model.num_dims * math.log(2))
+                                z_glob = out_d["code"]["global"]
+                                loss = loss + tc.loss_bpd(z_glob, model.bound)
                                 tc_codes.append(z_glob.detach())
                             loss = loss / len(chunks)
                             finite = bool(torch.isfinite(loss))
