@@ -250,7 +250,8 @@ def report(summary: dict) -> None:
               f"({r['train_minutes']} min of training); recipe: {r['recipe']}")
     for kind, d in summary.get("below_normflows", {}).items():
         steps = summary["results"][kind]["steps"] / max(1, summary["results"]["normflows_glow"]["steps"])
-        print(f"{kind}: {d:+.4f} bpd below normflows_glow, from {steps:.2f}x its steps in the same budget")
+        print(f"{kind}: {d:+.4f} bpd below normflows_glow, after {steps:.2f}x its steps"
+              + (" in the same time" if s["minutes"] > 0 else ""))
     if "compares" in summary:
         print(f"this compares {summary['compares']}")
 
