@@ -14,8 +14,9 @@ gradient clipping, batch size, EMA and seed (the same epoch permutations of the 
 stops every model after that many seconds of training steps (evaluation not counted); it never changes
 the lr, so a faster system simply gets further along the same schedule in the same time. Then each is
 scored on the test set (all 10,000 images by default): bits/dim under one uniform dequantisation draw
-per image, i.e. flowvae's ``elbo_bpd`` (the exact -log p for a flow-only Glow, a bound for the hybrid)
-and the same quantity for normflows' Glow, converted by the same ``Bound`` (flowvae/objective.py).
+per image, i.e. flowvae's ``elbo_bpd`` (for a flow-only Glow the flow's exact -log p(x + u): the
+dequantisation bound on -log P(x); for the hybrid the negative ELBO) and the same quantity for normflows'
+Glow, converted by the same ``Bound`` (flowvae/objective.py). All three are upper bounds on bits/dim.
 
 * ``normflows_glow``: normflows' own blocks (bench/benchmark.py builds it), trained by this script's
   loop with the recipe above (``--peer-recipe same``, the default), or with the recipe of normflows'
@@ -45,9 +46,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = ("normflows_glow", "flowvae_glow", "flowvae_hybrid")
 PEER_RECIPES = ("same", "normflows_example")
-WHAT = {"normflows_glow": "-log p bits/dim (exact for a dequantised Glow), 1 uniform dequantisation draw per image",
-        "flowvae_glow": "elbo_bpd = -log p bits/dim (exact for a flow-only Glow), 1 uniform dequantisation draw per image",
-        "flowvae_hybrid": "elbo_bpd = negative ELBO in bits/dim (an upper bound on -log p), 1 draw of (z, u) per image"}
+WHAT = {"normflows_glow": "-log p(x + u) in bits/dim: the uniform-dequantisation bound on -log P(x), 1 draw of u per image",
+        "flowvae_glow": "elbo_bpd = -log p(x + u) in bits/dim: the uniform-dequantisation bound on -log P(x), 1 draw of u per image",
+        "flowvae_hybrid": "elbo_bpd = the negative ELBO in bits/dim: a bound on -log P(x), 1 draw of (z, u) per image"}
 
 
 def load_recipe(a):
