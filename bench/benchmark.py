@@ -53,7 +53,6 @@ MODELS = ("flowvae_glow", "flowvae_hybrid", "normflows_glow")
 # Also measurable (--models): flowvae's Glow with model.coupling_impl=conv (the coupling networks as nn.Conv2d
 # calls, as before the GEMM rewrite; same parameters and maths) against the GEMM path.
 EXTRA = ("flowvae_glow_conv2d",)
-LN2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------- models
@@ -90,19 +89,21 @@ def build_normflows_glow(levels: int, steps: int, hidden: int, shape=(1, 28, 28)
 
 
 class NormflowsAdapter(torch.nn.Module):
-    """The same bits/dim objective flowvae trains (uniform dequantisation, y = (x + u)/256 - 1/2)."""
+    """The same bits/dim objective flowvae trains (uniform dequantisation, y = (x + u)/256 - 1/2), converted
+    by flowvae's own ``Bound`` (objective.py): the flow's bits/dim, -log p(y)/(D ln 2) + 8."""
 
     def __init__(self, flow, shape=(1, 28, 28)):
+        from flowvae.objective import Bound
+
         super().__init__()
         self.flow = flow
         self.shape = shape
-        self.num_dims = math.prod(shape)
+        self.bound = Bound(math.prod(shape), 8)
 
     def bpd(self, x):
         xf = x.float()
         y = (xf + torch.rand_like(xf)) / 256 - 0.5
-        log_p = self.flow.log_prob(y, None)
-        return (-log_p / self.num_dims + 8 * LN2) / LN2
+        return self.bound.flow_bpd(self.flow.log_prob(y, None))
 
     def loss(self, x):
         return self.bpd(x).mean()

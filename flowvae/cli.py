@@ -676,7 +676,7 @@ class Score(ModelCommand):
     def check(self, job):
         from .checkpoint import load_checkpoint
         from .data import load_dataset
-        from .engine.score import check_reference
+        from .uses.score import check_reference
 
         a, model = job.args, job.model
         if a.reference:
@@ -687,7 +687,7 @@ class Score(ModelCommand):
                             else load_dataset(job.cfg.data, job.cfg.model, a.split))
 
     def work(self, job):
-        from .engine.score import score_dataset
+        from .uses.score import score_dataset
 
         a, ds = job.args, job.inputs["ds"]
         scores, labels = score_dataset(job.model, ds, k=a.k, batch_size=a.batch_size, limit=a.limit, progress=True,
@@ -771,7 +771,7 @@ class Inpaint(RestoreCommand):
         return 3 + job.args.samples
 
     def check(self, job):
-        from .engine import restore
+        from .uses import restore
 
         a, shape = job.args, job.model.image_shape
         if a.mask not in restore.BUILTIN_MASKS and not Path(a.mask).expanduser().is_file():
@@ -786,7 +786,7 @@ class Inpaint(RestoreCommand):
                 job.inputs["mask"] = restore.load_mask(Path(a.mask).expanduser(), shape).expand(n, *shape)
 
     def work(self, job):
-        from .engine import restore
+        from .uses import restore
 
         a, x, mask = job.args, job.inputs["x"], job.inputs["mask"]
         res = restore.inpaint(job.model, x, mask, samples=a.samples, steps=a.steps, seed=a.seed)
@@ -821,7 +821,7 @@ class Denoise(RestoreCommand):
         super().check(job)
 
     def work(self, job):
-        from .engine import restore
+        from .uses import restore
 
         a, x = job.args, job.inputs["x"]
         g = torch.Generator().manual_seed(a.seed)

@@ -1,12 +1,13 @@
 """FlowVAE: a VAE whose decoder is a conditional Glow (or, with ``type: glow``, the Glow alone).
 
 Images are uint8 ``[N, C, H, W]`` tensors (0..255) at every public method; the
-model quantises them to ``n_bits`` internally. See objective.py for the bound
-and the README for the conventions.
+model quantises them to ``n_bits`` internally. The model computes the terms of the
+bound (``terms``); objective.py turns them into the bound and the training loss. The
+uses (``score``, ``inpaint``, ``denoise``) are implemented in flowvae/uses/, a layer
+that works on a model and never imports it (nor the engine).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Optional, Union
 
@@ -17,69 +18,11 @@ from .config import Config, LossConfig, ModelConfig, config_from_dict
 from .dequantization import UniformDequantizer, VariationalDequantizer
 from .flows import ConditionalGlow, data_dependent_init
 from .latents import Latents, latents_class
-from .objective import Objective
+from .checks import (MAX_IW_DRAWS, SAMPLE_BATCH, _as_scalar, check_count, check_dense, check_draws, check_flag,  # noqa: F401
+                     check_number)
+from .objective import Bound, Objective
 from .sizes import check_fits, human_bytes
-
-# The importance-weighted bound's most draws per image: the bound moves little past a few thousand (Burda,
-# Grosse and Salakhutdinov, "Importance Weighted Autoencoders", report k=5000), while each draw is one pass
-# of the whole model, so a larger k is a typo or hours of work per image.
-MAX_IW_DRAWS = 100_000
-SAMPLE_BATCH = 256  # images per decode in sample(): a fixed size, so one seed gives the same images anywhere
-
-
-# ------------------------------------------------------------------ argument checks
-def _as_scalar(value, name: str):
-    """The Python scalar inside a numpy scalar, a 0-d numpy array or a 0-d tensor; other values as they are."""
-    if getattr(value, "shape", None) != () or not hasattr(value, "item"):
-        return value
-    if isinstance(value, Tensor) and value.is_meta:
-        raise ValueError(f"{name} is a tensor on the meta device, which holds no value; pass a number")
-    return value.item()
-
-
-def check_count(value, name: str, minimum: Optional[int] = 1) -> int:
-    """``value`` as a Python int >= ``minimum`` (None: any int): ints, numpy integers and 0-d integer tensors
-    pass; bools, floats (even 4.0) and anything else are refused, naming ``name``."""
-    v = _as_scalar(value, name)
-    if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
-        bound = "" if minimum is None else f">= {minimum} and "
-        raise ValueError(f"{name} must be {bound}an integer, got {value!r}")
-    return v
-
-
-def check_number(value, name: str, minimum: float = 0.0, strict: bool = False, hint: str = "") -> float:
-    """``value`` as a finite Python float >= ``minimum`` (> with ``strict``): ints, floats, numpy numbers and
-    0-d tensors pass; bools and anything else are refused, naming ``name``."""
-    v = _as_scalar(value, name)
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    if not ok or v < minimum or (strict and v == minimum):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}{hint}, got {value!r}")
-    return float(v)
-
-
-def check_flag(value, name: str) -> bool:
-    """``value`` as a Python bool: True/False, a numpy bool or a 0-d bool tensor."""
-    v = _as_scalar(value, name)
-    if not isinstance(v, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return v
-
-
-def check_draws(k, name: str = "k") -> int:
-    """A number of draws per image (the bound's k) as an int in 1..MAX_IW_DRAWS."""
-    k = check_count(k, name)
-    if k > MAX_IW_DRAWS:
-        raise ValueError(f"{name}={k:,} draws per image is more than flowvae allows ({MAX_IW_DRAWS:,}): each draw "
-                         f"is a full pass of the model, and the bound moves little past a few thousand")
-    return k
-
-
-def check_dense(t: Tensor, name: str) -> None:
-    """Refuse tensors that hold no values here (meta) or are not plain dense arrays (sparse, ...)."""
-    if t.is_meta:
-        raise ValueError(f"{name} is on the meta device: it has a shape but no values; pass real data")
-    if t.layout != torch.strided:
-        raise ValueError(f"{name} is a {str(t.layout).replace('torch.', '')} tensor; pass a dense one ({name}.to_dense())")
+from .uses import restore as _restore, score as _score
 
 
 class FlowVAE(nn.Module):
@@ -103,6 +46,7 @@ class FlowVAE(nn.Module):
         else:
             self.dequantizer = VariationalDequantizer(c, cfg.dequant_layers, cfg.dequant_hidden)
         self.register_buffer("initialized", torch.tensor(False))
+        self.bound = Bound(self.num_dims, self.n_bits)  # nats -> bits/dim (objective.py)
         self.objective = Objective(loss)  # the training loss's schedule (not a module: no weights)
 
     @property
@@ -219,6 +163,14 @@ class FlowVAE(nn.Module):
         return self.latents.flatten(self.latents.sample(n, temperature, device=self.device))
 
     # ------------------------------------------------------------ the bound
+    @torch.no_grad()
+    def posterior(self, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """q(code | x) of uint8 images ``x`` by latent group: {'global': (mu, log_sigma) [N, z_dim], and for
+        the hierarchical variant 'level{l}': (mu, log_sigma) [N, C, H_l, W_l]}, float32; {} for a flow-only model."""
+        self._require_initialized("posterior")
+        with torch.autocast(self.device.type, enabled=False):
+            return self.latents.posterior(self._centered(self._prepare(x)))
+
     def _posterior(self, x_int: Tensor) -> tuple[Tensor, Tensor]:
         """Flat (mu, log_sigma) of q(code | x), float32 [N, code_dim]."""
         post = self.latents.posterior(self._centered(x_int))
@@ -228,7 +180,10 @@ class FlowVAE(nn.Module):
     def terms(self, x_int: Tensor, deterministic: bool = False, posterior: Optional[dict] = None) -> dict:
         """Per-image pieces of the bound for one draw of (code, u), in nats: 'log_p_y', 'log_q_u', 'eps',
         'posterior' and 'code' (named, see latents/base.py; empty for a flow-only model), 'kl'
-        ({group: (KL [N], KL per dim or None)}) and 'kl_total' [N]. objective.py assembles the bound from them."""
+        ({group: (KL [N], KL per dim or None)}) and 'kl_total' [N]. ``x_int``: the n_bits values (float, as
+        ``_prepare`` returns them; continuous values v - 1/2 with ``deterministic`` score y = v / 2^b - 1/2).
+        ``posterior`` replaces q(code | x) (e.g. repeated for importance sampling). objective.py
+        assembles the bound from them."""
         xc = self._centered(x_int)  # what the dequantiser and the encoder read
         u, log_q_u = self.dequantizer(xc, deterministic)
         y = (x_int + u) / 2**self.n_bits - 0.5  # fixed shift, log-det 0
@@ -241,22 +196,53 @@ class FlowVAE(nn.Module):
                 "kl": kl, "kl_total": kl_total}
 
     def loss(self, x: Tensor, kl_weight: Optional[float] = None) -> dict[str, Tensor]:
-        """The training objective (objective.py, ``Objective.loss``) under this model's ``loss:`` config.
-        The per-image terms are always the true bound."""
-        return self.objective.loss(self, x, kl_weight)
+        """The training objective (``Objective.loss``) under this model's ``loss:`` config on uint8 images
+        ``x``: 'loss' (scalar) and per image 'elbo_bpd', 'flow_bpd', 'kl_bpd', 'dequant_bpd', 'kl_nats',
+        'kl_{group}_nats' and, for a model with a code, 'z_mean' (posterior mean) and 'z_sample' (the drawn
+        code), flat, and 'code' (the drawn code by group, e.g. ``out['code']['global']``). The per-image
+        terms are always the true bound."""
+        self._require_initialized("loss")
+        t = self.terms(self._prepare(x))
+        sizes = {name: g.size for name, g in self.latents.groups.items()}
+        out = self.objective.loss(t, self.bound, sizes, kl_weight)
+        if t["code"]:
+            out["z_mean"] = self.latents.flatten({n: mu for n, (mu, _) in t["posterior"].items()})
+            out["z_sample"] = self.latents.flatten(t["code"])
+            out["code"] = t["code"]
+        return out
 
     @torch.no_grad()
     def log_prob(self, x: Tensor, k: int = 1, chunk: int = 256) -> Tensor:
-        """Per-image estimate of log P(x) in nats (a lower bound): k=1 the ELBO, k>1 the
-        importance-weighted bound over k draws of (code, u) (``Objective.log_prob``)."""
+        """Per-image lower bound on log P(x) in nats: k=1 the ELBO, k>1 the importance-weighted bound
+        over k draws of (code, u) (``Bound.elbo``, ``Bound.iw``), ``chunk`` images per forward pass."""
         k = self._check_k(k)
         chunk = check_count(chunk, "chunk")
         self._require_initialized("log_prob")
-        n = self._prepare(x).shape[0]  # x checked before the memory estimate
-        per_pass = n * (max(1, min(k, chunk // n)) if k > 1 else 1)  # as Objective.log_prob splits the draws
+        x_int = self._prepare(x)  # x checked before the memory estimate
+        n = x_int.shape[0]
+        per_pass = n * (max(1, min(k, chunk // n)) if k > 1 else 1)  # as _log_weights splits the draws
         self._check_work(0, per_pass, f"log_prob of {n:,} images (k={k:,}, chunk={chunk:,}: {per_pass:,} images per pass)",
                          "Pass fewer images at once, or a smaller chunk.")
-        return Objective.log_prob(self, x, k, chunk)
+        if k == 1:
+            return self.bound.elbo(self.terms(x_int))
+        return self.bound.iw(self._log_weights(x_int, k, chunk))
+
+    def _log_weights(self, x_int: Tensor, k: int, chunk: int) -> Tensor:
+        """log w [k, N] of k draws of (code, u) per image, the posterior computed once."""
+        n = x_int.shape[0]
+        posterior = self.latents.posterior(self._centered(x_int)) if self.latents else {}
+        per_pass = max(1, min(k, chunk // n))
+        log_w, done = [], 0
+        while done < k:
+            m = min(per_pass, k - done)
+            post = {name: tuple(p.repeat(m, *([1] * (p.dim() - 1))) for p in mu_ls) for name, mu_ls in posterior.items()}
+            t = self.terms(x_int.repeat(m, 1, 1, 1), posterior=post)
+            if t["code"]:
+                t["log_p_code"] = self.latents.log_p(t["code"])
+                t["log_q_code"] = self.latents.log_q(t["posterior"], t["code"])
+            log_w.append(Bound.log_weight(t).view(m, n))
+            done += m
+        return torch.cat(log_w, 0)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -386,21 +372,18 @@ class FlowVAE(nn.Module):
         """Per-image anomaly scores in bits/dim, higher = more anomalous: 'bpd' (negative ELBO, k draws),
         'global_bpd' / 'local_bpd' (hybrid: KL of the code / the rest), 'complexity_bpd' (PNG code
         length), 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020) and, with a ``reference`` model
-        (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd). See engine/score.py."""
-        from .engine.score import score_images
-        return score_images(self, x, k=k, split=split, reference=reference)
+        (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd). See uses/score.py."""
+        return _score.score_images(self, x, k=k, split=split, reference=reference)
 
     def inpaint(self, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, **kw) -> dict[str, Tensor]:
         """Fill the pixels where the bool ``mask`` is True: {'map': uint8 [N, C, H, W], 'samples':
-        uint8 [S, N, C, H, W]}; unmasked pixels are bit-exact copies of x. See engine/restore.py."""
-        from .engine.restore import inpaint
-        return inpaint(self, x, mask, samples=samples, steps=steps, **kw)
+        uint8 [S, N, C, H, W]}; unmasked pixels are bit-exact copies of x. See uses/restore.py."""
+        return _restore.inpaint(self, x, mask, samples=samples, steps=steps, **kw)
 
     def denoise(self, x_noisy: Tensor, sigma: Optional[float] = None, salt_pepper: bool = False,
                 steps: int = 200, **kw) -> Tensor:
         """Clean estimate (uint8) of Gaussian-noised (std ``sigma``, pixel values) or salt-and-pepper images."""
-        from .engine.restore import denoise
-        return denoise(self, x_noisy, sigma=sigma, salt_pepper=salt_pepper, steps=steps, **kw)
+        return _restore.denoise(self, x_noisy, sigma=sigma, salt_pepper=salt_pepper, steps=steps, **kw)
 
     def extra_repr(self) -> str:
         return f"type={self.cfg.type}, image_shape={self.image_shape}, n_bits={self.n_bits}"

@@ -2,19 +2,32 @@
 training loss's KL schedule (beta, free bits per latent group, warm-up) under the ``loss:`` config
 section (README, "The model and the bound").
 
-All quantities here are per image, in float32 or better. With
-``y = (x + u) / 2^b`` and D = C*H*W:
+This module is the one place where nats become bits/dim. It works on the model's *terms*, per image, in
+nats and float32 or better (``FlowVAE.terms`` computes them for one draw of (code, u)):
 
-    elbo (nats) = log p(y|z) - log q(u|x) - KL(q(z|x) || p(z)) - D*b*ln 2
+    log_p_y   log p(y | code), the flow's density of the dequantised image y = (x + u) / 2^b - 1/2
+    log_q_u   log q(u | x), the dequantiser's density of the noise u
+    kl_total  KL(q(code | x) || p(code)), summed over the latent groups (0 for a flow-only model)
+
+With D = C*H*W values of b bits each (``Bound(num_dims, n_bits)``):
+
+    elbo (nats) = log_p_y - log_q_u - kl_total - D*b*ln 2
     elbo_bpd    = -elbo / (D ln 2) = flow_bpd + dequant_bpd + kl_bpd
 
-where ``flow_bpd = (-log p(y|z) + D*b*ln 2) / (D ln 2)`` (the flow's density
-measured in pixel-value units), ``dequant_bpd = log q(u|x) / (D ln 2)`` and
-``kl_bpd = KL / (D ln 2)``. The three names always sum to ``elbo_bpd``.
+where ``flow_bpd = (-log_p_y + D*b*ln 2) / (D ln 2)`` (the flow's density measured in pixel-value
+units), ``dequant_bpd = log_q_u / (D ln 2)`` and ``kl_bpd = kl_total / (D ln 2)``. The three names
+always sum to ``elbo_bpd``. Over K draws with log weights
+``log w = log_p_y - log_q_u + log p(code) - log q(code | x)`` the importance-weighted bound is
+``logsumexp_k log w_k - log K - D*b*ln 2`` (nats; ``iw{K}_bpd`` in bits/dim). Every reported number
+is one of these bounds and is named so.
+
+The objective never calls the model: the model hands it terms (``FlowVAE.loss`` / ``log_prob``), and
+score, restore, analyze, TC, evaluation, training and bench/benchmark.py all convert through ``Bound``.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -23,39 +36,53 @@ from torch import Tensor
 LN2 = math.log(2.0)
 
 
-def gaussian_kl_per_dim(mu: Tensor, log_sigma: Tensor) -> Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) per dimension, [N, Dz]."""
-    return 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 1.0) - log_sigma
+@dataclass(frozen=True)
+class Bound:
+    """The bound's accounting for images of ``num_dims`` values quantised to ``n_bits`` bits each."""
 
+    num_dims: int
+    n_bits: int
 
-def gaussian_kl(mu_q: Tensor, ls_q: Tensor, mu_p: Tensor, ls_p: Tensor) -> Tensor:
-    """KL(N(mu_q, e^(2 ls_q)) || N(mu_p, e^(2 ls_p))) elementwise (for top-down priors)."""
-    return ls_p - ls_q + 0.5 * (torch.exp(2 * (ls_q - ls_p)) + ((mu_q - mu_p) * torch.exp(-ls_p)).pow(2) - 1.0)
+    @property
+    def bin_nats(self) -> float:
+        """D*b*ln 2: the log-volume of one image's quantisation bin in the flow's units (y in [-1/2, 1/2))."""
+        return self.num_dims * self.n_bits * LN2
 
+    def bpd(self, nats: Tensor) -> Tensor:
+        """A cost per image in nats (a negative log-likelihood, a KL, a penalty) in bits/dim."""
+        return nats / (self.num_dims * LN2)
 
-def gaussian_log_prob(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
-    """log N(z; mu, diag sigma^2), summed per sample."""
-    return (-0.5 * ((z - mu) * torch.exp(-log_sigma)).pow(2) - log_sigma - 0.5 * math.log(2 * math.pi)).sum(1)
+    def flow_bpd(self, log_p_y: Tensor) -> Tensor:
+        """Bits/dim of the discrete image under the flow's density of its dequantised version alone."""
+        return self.bpd(self.bin_nats - log_p_y)
 
+    def terms(self, t: dict) -> dict[str, Tensor]:
+        """Per-image bits/dim of the negative ELBO from the terms ``t`` (module docstring): 'elbo_bpd',
+        'flow_bpd', 'dequant_bpd', 'kl_bpd', and 'kl_nats' (the KL in nats)."""
+        flow_bpd = self.flow_bpd(t["log_p_y"])
+        dequant_bpd = self.bpd(t["log_q_u"])
+        kl_bpd = self.bpd(t["kl_total"])
+        return {"elbo_bpd": flow_bpd + dequant_bpd + kl_bpd, "flow_bpd": flow_bpd, "dequant_bpd": dequant_bpd,
+                "kl_bpd": kl_bpd, "kl_nats": t["kl_total"]}
 
-def bpd_terms(log_p_y: Tensor, log_q_u: Tensor, kl: Tensor, num_dims: int, n_bits: int) -> dict[str, Tensor]:
-    """Per-image terms of the negative ELBO in bits/dim (see module docstring)."""
-    scale = 1.0 / (num_dims * LN2)
-    flow_bpd = (-log_p_y + num_dims * n_bits * LN2) * scale
-    dequant_bpd = log_q_u * scale
-    kl_bpd = kl * scale
-    return {
-        "elbo_bpd": flow_bpd + dequant_bpd + kl_bpd,
-        "flow_bpd": flow_bpd,
-        "dequant_bpd": dequant_bpd,
-        "kl_bpd": kl_bpd,
-        "kl_nats": kl,
-    }
+    def elbo(self, t: dict) -> Tensor:
+        """The ELBO, a lower bound on log P(x), per image in nats."""
+        return t["log_p_y"] - t["log_q_u"] - t["kl_total"] - self.bin_nats
 
+    @staticmethod
+    def log_weight(t: dict) -> Tensor:
+        """log w = log p(y|code) - log q(u|x) + log p(code) - log q(code|x) of one draw, per image (nats);
+        ``t`` holds 'log_p_code' and 'log_q_code' for a model with a code."""
+        w = t["log_p_y"] - t["log_q_u"]
+        if t.get("log_p_code") is not None:
+            w = w + t["log_p_code"] - t["log_q_code"]
+        return w
 
-def nats_to_bpd(log_p_x: Tensor, num_dims: int) -> Tensor:
-    """Bits/dim of a discrete log-likelihood (bound) in nats, per image."""
-    return -log_p_x / (num_dims * LN2)
+    def iw(self, log_w: Tensor) -> Tensor:
+        """The importance-weighted bound on log P(x) per image (nats, float32) from the log weights
+        ``log_w`` [K, N] of K draws: logsumexp_k log w_k - log K - D*b*ln 2 (the sum in float64)."""
+        k = log_w.shape[0]
+        return (torch.logsumexp(log_w.double(), 0) - math.log(k)).float() - self.bin_nats
 
 
 def free_bits_kl(kl_per_dim: Tensor, free_bits: float) -> Tensor:
@@ -70,7 +97,7 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float) -> Tensor:
 
 
 class Objective:
-    """ELBO, IW bound and training loss of a FlowVAE, for one ``loss:`` config (``LossConfig``).
+    """The training loss of a FlowVAE, for one ``loss:`` config (``LossConfig``), from the model's terms.
 
     The per-image bound terms it returns are always the true bound (KL weight 1, no free bits); only
     ``loss`` (the scalar that is minimised) uses ``kl_beta``, the per-group free bits and the warm-up.
@@ -108,52 +135,18 @@ class Objective:
                 total = total + (torch.full_like(per_image, floor) if per_image.mean() < floor else per_image)
         return total
 
-    def loss(self, model, x: Tensor, kl_weight: Optional[float] = None) -> dict:
-        """The training objective of ``model`` on uint8 images ``x``. Returns 'loss' (scalar: mean of
-        flow + dequantisation bits/dim plus ``kl_weight`` (default ``kl_scale()``: kl_beta; the training
-        loop passes ``kl_scale(step)``) times the free-bits KL) and
-        per-image 'elbo_bpd', 'flow_bpd', 'kl_bpd', 'dequant_bpd', 'kl_nats', 'kl_{group}_nats' (and, for
-        a model with a code, 'z_mean' (posterior mean) and 'z_sample' (the drawn code), flat)."""
-        model._require_initialized("loss")
-        if kl_weight is None:
-            kl_weight = self.kl_scale()
-        t = model.terms(model._prepare(x))
-        out = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl_total"], model.num_dims, model.n_bits)
-        if t["kl"]:
-            sizes = {name: model.latents.groups[name].size for name in t["kl"]}
-            train_kl = self.train_kl(t["kl"], sizes) * kl_weight
-            out["loss"] = (out["flow_bpd"] + out["dequant_bpd"] + train_kl / (model.num_dims * LN2)).mean()
-            out["z_mean"] = model.latents.flatten({n: mu for n, (mu, _) in t["posterior"].items()})
-            out["z_sample"] = model.latents.flatten(t["code"])
-            for name, (per_image, _) in t["kl"].items():
-                out[f"kl_{name}_nats"] = per_image
-        else:
+    def loss(self, t: dict, bound: Bound, sizes: dict, kl_weight: Optional[float] = None) -> dict[str, Tensor]:
+        """The training objective from the terms ``t`` of one draw (``FlowVAE.terms``): 'loss' (scalar:
+        mean of flow + dequantisation bits/dim plus ``kl_weight`` (default ``kl_scale()``: kl_beta; the
+        training loop passes ``kl_scale(step)``) times the free-bits KL), the per-image bound terms of
+        ``Bound.terms`` and, per latent group, 'kl_{group}_nats'. ``sizes``: dims per latent group."""
+        out = bound.terms(t)
+        if not t["kl"]:
             out["loss"] = out["elbo_bpd"].mean()
+            return out
+        weight = self.kl_scale() if kl_weight is None else kl_weight
+        train_kl = self.train_kl(t["kl"], sizes) * weight
+        out["loss"] = (out["flow_bpd"] + out["dequant_bpd"] + bound.bpd(train_kl)).mean()
+        for name, (per_image, _) in t["kl"].items():
+            out[f"kl_{name}_nats"] = per_image
         return out
-
-    @staticmethod
-    @torch.no_grad()
-    def log_prob(model, x: Tensor, k: int = 1, chunk: int = 256) -> Tensor:
-        """Per-image lower bound on log P(x) in nats: k=1 the ELBO, k>1 the importance-weighted bound
-        logsumexp_k(log w_k) - log k over k draws of (code, u), with
-        log w = log p(y|z) - log q(u|x) + log p(code) - log q(code|x)."""
-        x_int = model._prepare(x)
-        n = x_int.shape[0]
-        const = model.num_dims * model.n_bits * LN2
-        if k == 1:
-            t = model.terms(x_int)
-            return t["log_p_y"] - t["log_q_u"] - t["kl_total"] - const
-        posterior = model.latents.posterior(model._centered(x_int)) if model.latents else {}
-        per_pass = max(1, min(k, chunk // n))
-        log_w, done = [], 0
-        while done < k:
-            m = min(per_pass, k - done)
-            post = {name: tuple(p.repeat(m, *([1] * (p.dim() - 1))) for p in mu_ls) for name, mu_ls in posterior.items()}
-            t = model.terms(x_int.repeat(m, 1, 1, 1), posterior=post)
-            w = t["log_p_y"] - t["log_q_u"]
-            if t["kl"]:
-                w = w + model.latents.log_p(t["code"]) - model.latents.log_q(t["posterior"], t["code"])
-            log_w.append(w.view(m, n))
-            done += m
-        log_w = torch.cat(log_w, 0).double()
-        return (torch.logsumexp(log_w, 0) - math.log(k)).float() - const

@@ -9,8 +9,8 @@ every dimension permuted independently across the batch: the permute-dims trick)
 
     TC ~= E_q(z) [ l_joint(z) - l_perm(z) ].
 
-Training adds ``tc_weight * TC / (D ln 2)`` to the loss (bits/dim, like the KL; so gamma is in the
-same units as in the paper, relative to a KL of weight 1). The discriminator's parameters get no
+Training adds ``tc_weight * TC / (D ln 2)`` to the loss (``TCPenalty.loss_bpd``: bits/dim through
+``Bound.bpd``, like the KL; so gamma is in the same units as in the paper, relative to a KL of weight 1). The discriminator's parameters get no
 gradient from that term; it is updated by its own optimiser after each model step on the detached
 codes. None of this touches the reported bound: ``elbo_bpd`` and its terms stay the true ELBO.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,6 +74,11 @@ class TCPenalty:
         self.opt = torch.optim.Adam(self.disc.parameters(), lr=LR, betas=BETAS)
         self.last = {"tc_nats": float("nan"), "tc_disc_loss": float("nan")}
 
+    def loss_bpd(self, z: Tensor, bound) -> Tensor:
+        """The term the training loss adds: ``weight`` times the batch-mean TC of the global codes ``z``
+        (``out['code']['global']`` of ``FlowVAE.loss``) in bits/dim (``bound``: the model's ``Bound``)."""
+        return self.weight * bound.bpd(self.penalty(z).mean())
+
     def penalty(self, z: Tensor) -> Tensor:
         """Per-image TC estimate (nats) with gradients to z only (the discriminator is held fixed)."""
         for p in self.disc.parameters():
@@ -85,17 +91,16 @@ class TCPenalty:
                 p.requires_grad_(True)
 
     def update(self, z: Tensor, info=None) -> None:
-        """One discriminator step on detached codes; under DDP its gradients are averaged over ranks
-        so every rank keeps the same discriminator."""
-        from .engine import distributed as D
-
+        """One discriminator step on detached codes; under DDP (``info.enabled``: the training loop's
+        ``DistInfo``) its gradients are averaged over ranks so every rank keeps the same discriminator."""
         with torch.enable_grad(), torch.autocast(z.device.type, enabled=False):
             loss = self.disc.loss(z.float())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
         if info is not None and info.enabled:
             for p in self.disc.parameters():
-                D.all_reduce(p.grad, info, "mean")
+                dist.all_reduce(p.grad)
+                p.grad /= info.world_size
         self.opt.step()
         with torch.no_grad():
             self.last = {"tc_nats": float(self.disc.tc(z.float()).mean()), "tc_disc_loss": float(loss)}
@@ -114,10 +119,8 @@ def posterior_samples(model, x: Tensor, batch: int = 256, generator: Optional[to
     if not model.hybrid:
         raise ValueError("TC needs a code z: this is a flow-only (model.type=glow) model")
     out = []
-    d = model.cfg.z_dim
     for i in range(0, x.shape[0], batch):
-        mu, log_sigma = model._posterior(model._prepare(x[i : i + batch]))
-        mu, log_sigma = mu[:, :d], log_sigma[:, :d]
+        mu, log_sigma = model.posterior(x[i : i + batch])["global"]
         eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator else mu.device)
         out.append((mu + log_sigma.exp() * eps.to(mu.device)).float().cpu())
     return torch.cat(out)

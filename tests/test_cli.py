@@ -54,8 +54,8 @@ def no_work(monkeypatch):
     import flowvae.engine.analyze as analyze
     import flowvae.engine.evaluate as evaluate
     import flowvae.engine.generate as generate
-    import flowvae.engine.restore as restore
-    import flowvae.engine.score as score
+    import flowvae.uses.restore as restore
+    import flowvae.uses.score as score
 
     def never(*a, **k):
         raise AssertionError("the work ran before the checks")

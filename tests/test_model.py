@@ -1,6 +1,6 @@
-"""FlowVAE on tiny configs (1x8x8 images unless stated): the bound and its bits/dim accounting,
-the importance-weighted bound, codes and images, input validation, flow prior, initialisation,
-gradients through z, checkpoints."""
+"""FlowVAE on tiny configs (1x8x8 images unless stated): the terms of the bound (their bits/dim
+accounting and the importance-weighted bound: test_objective.py), codes and images, input validation,
+flow prior, initialisation, gradients through z, checkpoints."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from flowvae import Config, ConfigError, load_config
 from flowvae.checkpoint import CheckpointError
 from flowvae.flows import ActNorm
 from flowvae.flows.squeeze import squeeze2x2
-from flowvae.objective import LN2, bpd_terms, nats_to_bpd
+from flowvae.objective import LN2
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,7 +32,7 @@ def std_normal_logprob(t):
     return Normal(0.0, 1.0).log_prob(t.double()).flatten(1).sum(1)
 
 
-# ------------------------------------------------------------------ bits/dim accounting
+# ------------------------------------------------------------------ the terms of the bound
 @pytest.mark.parametrize("kind", ["glow", "hybrid"])
 @pytest.mark.parametrize("n_bits,channels", [(8, 1), (5, 3)])
 def test_fresh_model_log_p_y_is_standard_normal(make_model, images, kind, n_bits, channels):
@@ -47,49 +47,9 @@ def test_fresh_model_log_p_y_is_standard_normal(make_model, images, kind, n_bits
     assert torch.allclose(t["eps"].flatten(1).norm(dim=1).double(), y.flatten(1).norm(dim=1), atol=1e-4)
     d = channels * 64
     assert model.num_dims == d
-    bpd = bpd_terms(t["log_p_y"], t["log_q_u"], t["kl_total"], model.num_dims, model.n_bits)
+    bpd = model.bound.terms(t)
     assert torch.allclose(bpd["flow_bpd"].double(), (-ref + d * n_bits * LN2) / (d * LN2), atol=1e-5)
     assert torch.equal(t["log_q_u"], torch.zeros(4)) and torch.equal(bpd["dequant_bpd"], torch.zeros(4))
-
-
-@pytest.mark.parametrize("n_bits", [8, 5])
-def test_bpd_terms_reference_values(n_bits):
-    d = 784
-    zero = torch.zeros(3, dtype=torch.float64)
-    # density 1 on the unit cube: exactly n_bits bits per dimension, nothing else
-    out = bpd_terms(zero, zero, zero, d, n_bits)
-    assert torch.allclose(out["flow_bpd"], torch.full_like(zero, float(n_bits)), atol=1e-12, rtol=0)
-    assert torch.equal(out["dequant_bpd"], zero) and torch.equal(out["kl_bpd"], zero)
-    # one bit per dim of extra density, 0.25 bit/dim of dequantiser entropy term, 0.5 bit/dim KL
-    log_p_y = torch.tensor([d * LN2] * 3, dtype=torch.float64)
-    out = bpd_terms(log_p_y, -0.25 * d * LN2 + zero, 0.5 * d * LN2 + zero, d, n_bits)
-    assert torch.allclose(out["flow_bpd"], zero + n_bits - 1, atol=1e-12)
-    assert torch.allclose(out["dequant_bpd"], zero - 0.25, atol=1e-12)
-    assert torch.allclose(out["kl_bpd"], zero + 0.5, atol=1e-12)
-    assert torch.allclose(out["kl_nats"], zero + 0.5 * d * LN2)
-    assert torch.allclose(out["elbo_bpd"], zero + n_bits - 0.75, atol=1e-12)
-    elbo_nats = log_p_y - (-0.25 * d * LN2) - 0.5 * d * LN2 - d * n_bits * LN2
-    assert torch.allclose(nats_to_bpd(elbo_nats, d), out["elbo_bpd"], atol=1e-12)
-
-
-def test_loss_terms_add_up(make_model, images):
-    model = randomize_head(make_model("model.dequantization=variational", z_path_std=0.1))
-    x = images(6)
-    torch.manual_seed(1)
-    out = model.loss(x)
-    assert torch.allclose(out["elbo_bpd"], out["flow_bpd"] + out["dequant_bpd"] + out["kl_bpd"], atol=1e-6)
-    assert torch.allclose(out["loss"], out["elbo_bpd"].mean(), atol=1e-6)
-    assert (out["dequant_bpd"] != 0).all() and (out["kl_bpd"] > 0).all()
-    assert torch.allclose(out["kl_bpd"], out["kl_nats"] / (model.num_dims * LN2))
-    # the same draws through log_prob(k=1): the ELBO in nats
-    torch.manual_seed(1)
-    assert torch.allclose(nats_to_bpd(model.log_prob(x, k=1), model.num_dims), out["elbo_bpd"].detach(), atol=1e-5)
-    # kl_beta weighs the KL in the training loss only
-    model.objective.cfg.kl_beta = 3.0
-    torch.manual_seed(1)
-    out3 = model.loss(x)
-    assert torch.allclose(out3["elbo_bpd"], out["elbo_bpd"])
-    assert torch.allclose(out3["loss"], (out["flow_bpd"] + out["dequant_bpd"] + 3 * out["kl_bpd"]).mean(), atol=1e-5)
 
 
 def test_analytic_kl_matches_torch_distributions(make_model, images):
@@ -100,49 +60,6 @@ def test_analytic_kl_matches_torch_distributions(make_model, images):
     out = model.loss(x)
     assert (ref > 0.1).all() and (log_sigma.abs() > 1e-3).any()
     assert torch.allclose(out["kl_nats"], ref, atol=1e-5)
-
-
-# ----------------------------------------------------------- importance-weighted bound
-def test_iw_bound_tightens_with_k(make_model, images):
-    # E[IW_k] is non-decreasing in k (Burda et al.), and here the gaps (several nats on average over
-    # 16 images) are far above the Monte-Carlo noise of these averages: over 60 seeds the smallest
-    # gap was 1.3 nats. A log_prob that averaged the weights instead of logsumexp-ing them, or that
-    # dropped the log-k correction, fails this.
-    x = images(16)
-    model = make_model("model.dequantization=variational", z_path_std=0.1)
-    model.initialize(x)
-    randomize_head(model)
-    _, log_sigma = model._posterior(model._prepare(x))
-    assert log_sigma.exp().mean() > 0.3
-    elbo = torch.stack([model.log_prob(x, k=1) for _ in range(16)]).mean()
-    iw8 = torch.stack([model.log_prob(x, k=8) for _ in range(4)]).mean()
-    iw64 = model.log_prob(x, k=64).mean()
-    assert elbo < iw8 < iw64, (elbo.item(), iw8.item(), iw64.item())
-
-
-def test_iw_bound_is_logmeanexp_of_importance_weights(make_model, images):
-    """Recompute the k-sample bound from the same draws: log w = log p(y|z) + log p(z) - log q(z|x)
-    - log q(u|x), bound = logsumexp_k(log w) - log k - D*b*ln 2. (One pass: k*N <= chunk, and
-    log_prob draws the k copies as one batch [copy, image].)"""
-    model = randomize_head(make_model("model.dequantization=variational", z_path_std=0.1))
-    x, k = images(3), 5
-    torch.manual_seed(7)
-    got = model.log_prob(x, k=k)
-    torch.manual_seed(7)
-    with torch.no_grad():
-        x_int = model._prepare(x)
-        mu, log_sigma = model._posterior(x_int)
-        t = model.terms(x_int.repeat(k, 1, 1, 1), posterior={"global": (mu.repeat(k, 1), log_sigma.repeat(k, 1))})
-    z = t["code"]["global"].double()
-    log_q_z = Normal(mu.repeat(k, 1).double(), log_sigma.repeat(k, 1).exp().double()).log_prob(z).sum(1)
-    log_p_z = Normal(0.0, 1.0).log_prob(z).sum(1)
-    log_w = (t["log_p_y"].double() + log_p_z - log_q_z - t["log_q_u"].double()).view(k, 3)
-    ref = torch.logsumexp(log_w, 0) - math.log(k) - model.num_dims * 8 * LN2
-    assert torch.allclose(got.double(), ref, atol=1e-3, rtol=0)
-    # and it is not the plain average of the weights (the draws differ enough for that to matter)
-    assert (ref - (log_w.mean(0) - model.num_dims * 8 * LN2)).min() > 1e-2
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        model.log_prob(x, k=0)
 
 
 # ------------------------------------------------------------------- codes and images

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from flowvae.engine import generate, restore
+from flowvae.engine import generate
+from flowvae.uses import restore
 from flowvae.data.datasets import TensorImages
-from flowvae.engine.score import score_dataset
+from flowvae.uses.score import score_dataset
 from flowvae.model import MAX_IW_DRAWS
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from flowvae.cli import main
 from flowvae.config import load_config
 from flowvae.data import DataError, iterate_batches, load_dataset, prepare_folder
-from flowvae.data.prepare import ArrayImages, labels_path
+from flowvae.data.arrays import ArrayImages, labels_path
 
 
 def _folder(root, n_per_class=6, classes=("cat", "dog"), size=(13, 11), fmt="png", seed=0):

@@ -16,8 +16,8 @@ from flowvae import load_checkpoint, load_config
 from flowvae.cli import main
 from flowvae.config import ConfigError
 from flowvae.data import load_dataset
-from flowvae.engine import restore
-from flowvae.engine.score import auroc, fpr_at_tpr, score_dataset
+from flowvae.uses import restore
+from flowvae.uses.score import auroc, fpr_at_tpr, score_dataset
 from flowvae.engine.train import train
 from flowvae.tc import TCDiscriminator, estimate_tc, gaussian_tc, permute_dims
 

@@ -11,7 +11,7 @@ Two kinds of test, on real Fashion-MNIST test images (the normal set is the firs
 * leave-one-class-out: a model trained on 9 classes (``data.exclude_classes=[c]``); its normal set is
   the first --n test images of the 9 classes, the anomalies are the 1000 test images of class c.
 
-Scores (higher = more anomalous; engine/score.py): ``bpd``, ``ic_bpd`` (input-complexity correction),
+Scores (higher = more anomalous; flowvae/uses/score.py): ``bpd``, ``ic_bpd`` (input-complexity correction),
 ``global_bpd`` (hybrid: KL of the code), ``typicality`` = |bpd - median bpd of 1000 training
 images| (a per-image form of the typicality test: both too-likely and too-unlikely inputs are flagged)
 and, for the hybrid, ``global_typicality`` = |global_bpd - its training median| (the code's KL is
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from flowvae import load_checkpoint, load_config  # noqa: E402
 from flowvae.data import load_dataset  # noqa: E402
-from flowvae.engine.score import auroc, fpr_at_tpr, score_images  # noqa: E402
+from flowvae.uses.score import auroc, fpr_at_tpr, score_images  # noqa: E402
 
 COMMON = ["data.dataset=fashion_mnist", "train.threads=1", "train.eval_every=0", "train.eval_images=500"]
 KEYS = ("bpd", "ic_bpd", "lr_bpd", "lr_typicality", "ic_lr", "global_bpd", "typicality", "global_typicality")

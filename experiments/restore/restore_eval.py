@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from flowvae import load_checkpoint, load_config  # noqa: E402
 from flowvae.data import load_dataset  # noqa: E402
-from flowvae.engine import restore  # noqa: E402
+from flowvae.uses import restore  # noqa: E402
 from flowvae.engine.analyze import load_or_train_classifier  # noqa: E402
 from flowvae.visualize import save_grid  # noqa: E402
 

@@ -2,7 +2,8 @@
 from .datasets import iterate_batches, list_images, load_dataset, read_idx, read_image_files
 from .errors import DataError
 from .images import read_image
-from .prepare import ArrayImages, prepare_folder
+from .arrays import ArrayImages
+from .prepare import prepare_folder
 
 __all__ = ["ArrayImages", "DataError", "iterate_batches", "list_images", "load_dataset", "prepare_folder", "read_idx",
            "read_image", "read_image_files"]

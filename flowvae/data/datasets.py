@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
+from .arrays import load_array, split_indices
 from .errors import DataError
 from .images import image_size, read_image
 
@@ -164,14 +165,6 @@ _list_images = list_images  # the older private name
 
 
 
-def split_indices(n: int, test_fraction: float, split: str) -> list[int]:
-    """The images of ``split`` among ``n`` in a folder without train/ and test/ (and in a prepared array of it):
-    a fixed permutation, independent of the training seed, whose first ``test_fraction`` are the test set."""
-    g = torch.Generator().manual_seed(1234)
-    perm = torch.randperm(n, generator=g).tolist()
-    n_test = max(1, int(round(test_fraction * n)))
-    return perm[:n_test] if split == "test" else perm[n_test:]
-
 
 def _validate_images(files: list[Path], resize: bool, where: str) -> None:
     """Decode every image once, up front: a corrupt file, or one whose mode cannot be converted exactly
@@ -287,7 +280,6 @@ def load_dataset(cfg: DataConfig, model: ModelConfig, split: str) -> Dataset:
     elif name == "folder":
         ds = _folder(cfg, model, split)
     elif name == "array":  # a folder decoded once by `flowvae prepare` (prepare.py)
-        from .prepare import load_array
 
         ds = load_array(cfg.root, split, cfg.test_fraction, cfg.image_size)
     else:

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from ..data import iterate_batches
 from ..errors import UsageError
 from ..model import FlowVAE
-from ..objective import LN2
 from ..runtime import Progress
 
 
@@ -215,9 +214,9 @@ def _swaps(model: FlowVAE, xa: Tensor, xb: Tensor, z_only: bool, batch: int, pro
             out.append(model.swap(a, b).cpu())
             continue
         code_a, eps_a = model.encode(a)
-        code_b, _ = model.encode(b)
-        d = model.cfg.z_dim
-        out.append(model.decode(torch.cat([code_b[:, :d], code_a[:, d:]], 1), eps_a).cpu())
+        mixed = model.latents.unflatten(code_a)
+        mixed["global"] = model.latents.unflatten(model.encode(b)[0])["global"]
+        out.append(model.decode(model.latents.flatten(mixed), eps_a).cpu())
     return torch.cat(out)
 
 
@@ -343,7 +342,7 @@ def analyze(model: FlowVAE, train_ds, test_ds, classifier: Optional[Path] = None
             per_group = {}
             for name, sl in groups.items():
                 nats = kls[f"kl_{name}_nats"] / n
-                per_group[name] = {"kl_nats": nats, "kl_bpd": nats / (model.num_dims * LN2),
+                per_group[name] = {"kl_nats": nats, "kl_bpd": model.bound.bpd(nats),
                                    "active_units": int((var[sl] > ACTIVE_VAR).sum()), "dims": sl.stop - sl.start}
             res["groups"] = per_group
             res["kl_images"] = n

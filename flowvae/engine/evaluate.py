@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 from ..data import iterate_batches
 from ..model import FlowVAE
-from ..objective import nats_to_bpd
 from ..runtime import Progress
 from . import distributed as D
 
@@ -61,7 +60,7 @@ def _batch_stats(model: FlowVAE, x: Tensor, k: int) -> tuple[dict[str, Tensor], 
     out = model.loss(x)
     sums = {t: out[t].double().sum() for t in model_terms(model)}
     if k > 1:
-        sums[f"iw{k}_bpd"] = nats_to_bpd(model.log_prob(x, k=k), model.num_dims).double().sum()
+        sums[f"iw{k}_bpd"] = model.bound.bpd(-model.log_prob(x, k=k)).double().sum()
     rows = {"elbo": out["elbo_bpd"].float()[:, None]}  # per image: one odd image can dominate a mean
     if model.hybrid:
         rows["mu"] = out["z_mean"].float()

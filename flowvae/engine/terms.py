@@ -6,7 +6,6 @@ bits/dim), ``after_step(applied, info)`` (called once per optimiser step), ``sca
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -23,13 +22,12 @@ class TCTerm:
         from ..tc import TCPenalty
 
         self.penalty = TCPenalty(model.cfg.z_dim, weight, device)
-        self.scale = weight / (model.num_dims * math.log(2))
         self.codes: list[Tensor] = []
 
     def loss(self, model, out: dict) -> Tensor:
-        z = model.latents.unflatten(out["z_sample"])["global"]  # the global code, by name
+        z = out["code"]["global"]  # the global code, by name
         self.codes.append(z.detach())
-        return self.scale * self.penalty.penalty(z).mean()
+        return self.penalty.loss_bpd(z, model.bound)
 
     def after_step(self, applied: bool, info) -> None:
         """One discriminator step on this step's codes (all micro-batches), when the model step was applied."""

@@ -9,12 +9,12 @@ global code, which is what a swap needs.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..gaussian import normal_log_prob as standard_normal_logprob  # noqa: F401  (per-sample log N(eps; 0, I))
 from .base import Cond, FlowLayer, ZeroConv2d, full_precision, logdet_dtype, sum_per_sample
 
 
@@ -119,9 +119,3 @@ class GaussianizeTop(FlowLayer):
     def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
         mu, log_sigma = self._params(y, cond)
         return (y * torch.exp(log_sigma) + mu).to(y.dtype), sum_per_sample(log_sigma)
-
-
-def standard_normal_logprob(eps: Tensor) -> Tensor:
-    """Per-sample log N(eps; 0, I), summed in float32 or better."""
-    e = eps.to(logdet_dtype(eps))
-    return -0.5 * (e.flatten(1).pow(2).sum(1) + e[0].numel() * math.log(2 * math.pi))

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..objective import gaussian_kl, gaussian_kl_per_dim, gaussian_log_prob
+from ..gaussian import normal_kl, normal_log_prob
 
 Code = dict  # {group name: Tensor [N, *shape]}
 Posterior = dict  # {group name: (mu, log_sigma)}, float32, each [N, *shape]
@@ -57,12 +57,12 @@ class LatentGroup(nn.Module):
         """(KL per image [N], KL per dimension [N, size] or None), in nats. With a parent the KL is the
         analytic Gaussian KL given the drawn parent: a valid one-sample estimate of E_q[KL]."""
         mp, lp = self.prior_params(parent, mu.shape[0], mu.device)
-        per_dim = gaussian_kl(mu, log_sigma, mp, lp).flatten(1)
+        per_dim = normal_kl(mu, log_sigma, mp, lp).flatten(1)
         return per_dim.sum(1), per_dim
 
     def log_prior(self, sample: Tensor, parent: Optional[Tensor]) -> Tensor:
         mp, lp = self.prior_params(parent, sample.shape[0], sample.device)
-        return gaussian_log_prob(sample.flatten(1), mp.flatten(1), lp.flatten(1))
+        return normal_log_prob(sample, mp, lp)
 
     def sample(self, n: int, parent: Optional[Tensor], temperature: float, noise: Tensor) -> Tensor:
         mp, lp = self.prior_params(parent, n, noise.device)
@@ -73,7 +73,7 @@ class StandardNormalKL:
     """Mixin for groups whose prior is N(0, I): the KL per dimension needs no prior network."""
 
     def kl(self, mu, log_sigma, sample, parent):
-        per_dim = gaussian_kl_per_dim(mu, log_sigma).flatten(1)
+        per_dim = normal_kl(mu, log_sigma).flatten(1)
         return per_dim.sum(1), per_dim
 
 
@@ -164,7 +164,7 @@ class Latents(nn.Module):
     @staticmethod
     def log_q(post: Posterior, code: Code) -> Optional[Tensor]:
         """log q(code | x) [N] (the importance weights' denominator)."""
-        terms = [gaussian_log_prob(code[n].flatten(1), mu.flatten(1), ls.flatten(1)) for n, (mu, ls) in post.items()]
+        terms = [normal_log_prob(code[n], mu, ls) for n, (mu, ls) in post.items()]
         return sum(terms) if terms else None
 
     def log_p(self, code: Code) -> Optional[Tensor]:

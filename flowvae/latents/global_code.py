@@ -5,7 +5,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from ..objective import gaussian_kl_per_dim, gaussian_log_prob
+from ..gaussian import normal_kl, normal_log_prob
 from .base import LOG_SIGMA_RANGE, LatentGroup, Latents
 from .encoder import Encoder
 from .prior import build_prior
@@ -35,9 +35,9 @@ class GlobalCode(LatentGroup):
 
     def kl(self, mu: Tensor, log_sigma: Tensor, sample: Tensor, parent: Optional[Tensor]):
         if self.analytic_kl:
-            per_dim = gaussian_kl_per_dim(mu, log_sigma)
+            per_dim = normal_kl(mu, log_sigma)
             return per_dim.sum(1), per_dim
-        return gaussian_log_prob(sample, mu, log_sigma) - self.prior.log_prob(sample), None
+        return normal_log_prob(sample, mu, log_sigma) - self.prior.log_prob(sample), None
 
     def log_prior(self, sample: Tensor, parent: Optional[Tensor]) -> Tensor:
         return self.prior.log_prob(sample)

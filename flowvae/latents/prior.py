@@ -6,11 +6,12 @@ of ours (its ``forward`` samples), which this wrapper hides.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from ..gaussian import normal_log_prob
 
 
 class StandardNormalPrior(nn.Module):
@@ -22,8 +23,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        z = z.float()
-        return -0.5 * (z.pow(2).sum(1) + self.z_dim * math.log(2 * math.pi))
+        return normal_log_prob(z.float())
 
     def sample(self, n: int, temperature: float = 1.0, noise: Optional[Tensor] = None) -> Tensor:
         """n draws at ``temperature``; ``noise`` [n, z_dim] replaces the standard-normal draw."""

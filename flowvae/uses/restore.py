@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model import check_count, check_dense, check_flag, check_number
+from ..checks import check_count, check_dense, check_flag, check_number
 
 BUILTIN_MASKS = ("bottom", "centre", "center", "random")
 
@@ -110,15 +110,10 @@ def check_mask(mask: Tensor, shape: tuple[int, int, int], n: Optional[int] = Non
 
 def _objective(model, p: Tensor) -> Tensor:
     """Per-image deterministic ELBO (nats, up to a constant) of continuous pixel values ``p`` in [0, 2^b):
-    centre-of-bin dequantisation is replaced by p itself; z is the posterior mean of p's image."""
-    top = 2**model.n_bits
-    y = p / top - 0.5
-    # the encoder sees the same centred values it sees for integer images (x + 0.5) / 2^b - 0.5
-    post = model.latents.posterior(model._centered(p - 0.5))
-    code = model.latents.draw(post, deterministic=True)
-    kl = sum(v[0] for v in model.latents.kl(post, code).values()) if code else 0.0
-    log_p_y, _ = model.glow.log_prob(y, *model.latents.conditioning(code))
-    return log_p_y - kl
+    the model's terms at the centre of the bin of ``p - 1/2``, i.e. y = p / 2^b - 1/2 (the encoder sees
+    the centred values it sees for integer images), z the posterior mean, log q(u|x) = 0."""
+    t = model.terms(p - 0.5, deterministic=True)
+    return t["log_p_y"] - t["kl_total"]
 
 
 def _optimise(model, x_int: Tensor, free: Tensor, init: Tensor, steps: int, lr: float,

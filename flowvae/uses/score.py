@@ -41,8 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..model import check_draws
-from ..objective import LN2
+from ..checks import check_draws
 
 SPLIT_KEYS = ("global_bpd", "local_bpd")
 
@@ -64,7 +63,7 @@ def png_bits(x: Tensor) -> Tensor:
 
 def check_reference(model, reference) -> None:
     """ValueError unless ``reference`` can score the model's images (same image shape and n_bits)."""
-    for attr in ("image_shape", "n_bits", "num_dims"):
+    for attr in ("image_shape", "n_bits", "bound"):
         if not hasattr(reference, attr):
             raise TypeError(f"reference must be a FlowVAE (a loaded checkpoint), got {type(reference).__name__}")
     if tuple(reference.image_shape) != tuple(model.image_shape):
@@ -77,18 +76,16 @@ def check_reference(model, reference) -> None:
 
 
 def _bound(model, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(negative ELBO, KL of the code) per image in bits/dim, float64 CPU [N], mean over k draws."""
+    """(negative ELBO, KL of the code) per image in bits/dim (``Bound.terms``), float64 CPU [N], mean over k draws."""
     x_int = model._prepare(x)
-    scale = 1.0 / (model.num_dims * LN2)
-    const = model.num_dims * model.n_bits * LN2
     total = torch.zeros(x_int.shape[0], dtype=torch.float64, device=x_int.device)
     kl = torch.zeros_like(total)
     with torch.autocast(model.device.type, enabled=False):
         for _ in range(k):
-            t = model.terms(x_int)
-            total += (-(t["log_p_y"] - t["log_q_u"] - t["kl_total"]) + const).double()
-            kl += t["kl_total"].double()
-    return (total / k * scale).cpu(), (kl / k * scale).cpu()
+            bpd = model.bound.terms(model.terms(x_int))
+            total += bpd["elbo_bpd"].double()
+            kl += bpd["kl_bpd"].double()
+    return (total / k).cpu(), (kl / k).cpu()
 
 
 @torch.no_grad()
