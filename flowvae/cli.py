@@ -13,6 +13,7 @@
     flowvae score --checkpoint runs/quick --reference runs/local --out scores.csv  # + lr_bpd vs a local flow
     flowvae inpaint --checkpoint runs/quick --mask bottom --n 8 --samples 3 --out inpaint.png
     flowvae denoise --checkpoint runs/quick --sigma 40 --n 8 --out denoise.png   # or --salt-pepper 0.1
+    flowvae fid --checkpoint runs/quick --classifier runs/classifier.pt --temperatures 0.5,0.7,1.0 --n 10000
 
 ``--checkpoint`` takes a checkpoint file or a run directory. ``section.key=value``
 items override the config, before or after the options (for commands reading a
@@ -165,7 +166,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--first", type=NON_NEGATIVE, default=0)
     p.add_argument("--no-labels", action="store_true", help="no caption band above the grid")
     _common(p, "PNG file (default: <run dir>/interpolate.png)")
+    add_fid_command(sub)
     return ap
+
+
+def add_fid_command(sub) -> None:
+    """``flowvae fid``: the Fréchet distance of samples to test images in the judge CNN's features
+    (engine/fid.py). Self-contained: its parser names its handler, which ``_dispatch`` calls."""
+    def temperatures(text: str) -> list:
+        return [TEMPERATURE(t) for t in text.split(",") if t.strip()] or [TEMPERATURE(text)]
+
+    def run(args, model, cfg, run_dir) -> int:
+        from .data import load_dataset
+        from .engine.analyze import load_or_train_classifier
+        from .engine.evaluate import write_json
+        from .engine.fid import format_fid, sample_fid
+        from .runtime import check_output
+
+        out = check_output(Path(args.out) if args.out else run_dir / "fid.json")
+        clf_path = Path(check_output(args.classifier, "--classifier")) if args.classifier else None
+        test = load_dataset(cfg.data, cfg.model, "test")
+        train = load_dataset(cfg.data, cfg.model, "train") if clf_path is None or not clf_path.exists() else None
+        judge, acc, how = load_or_train_classifier(clf_path, train, test, args.classifier_epochs, args.seed,
+                                                   not args.no_progress)
+        n = min(args.n, len(test)) if args.n else len(test)
+        try:
+            res = sample_fid(model, test, judge, args.temperatures, n, seed=args.seed, progress=not args.no_progress)
+        except ImportError as e:  # torchmetrics, an optional dependency
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        res.update(checkpoint=str(args.checkpoint), classifier=how, classifier_test_acc=acc)
+        write_json(res, out)
+        print(format_fid(res))
+        print(f"written to {out}")
+        return 0
+
+    p = sub.add_parser("fid", help="Fréchet distance of samples to test images in the judge CNN's features, per temperature")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--classifier", help="the judge (flowvae analyze's classifier cache): loaded if it exists, else trained and saved there")
+    p.add_argument("--classifier-epochs", type=POSITIVE, default=3)
+    p.add_argument("--temperatures", type=temperatures, default=[0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                   help="comma-separated temperatures of the local code (default 0.5,0.6,...,1.0)")
+    p.add_argument("--n", type=NON_NEGATIVE, default=0, help="samples and test images per set (default 0: the whole test set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    _common(p, "JSON file (default: <run dir>/fid.json)")
+    p.set_defaults(handler=run)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -268,6 +314,8 @@ def _dispatch(args) -> int:
     model, cfg = _load(args)
     apply_threads(cfg.train.threads)  # the same thread policy as training (README, "A busy machine")
     run_dir = _run_dir(args.checkpoint)
+    if getattr(args, "handler", None) is not None:  # a command that carries its own handler (fid)
+        return args.handler(args, model, cfg, run_dir)
     if args.command == "evaluate":
         from .data import load_dataset
         from .engine.evaluate import evaluate, format_table, write_json
