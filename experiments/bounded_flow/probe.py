@@ -1,10 +1,17 @@
 """Noise dependence of the per-image bound, and where in the Glow it comes from.
 
-For each model and each test image, the bound (elbo bits/dim) under the dequantisation draws of
-``flowvae evaluate``'s seeds (the image's batch of ``--batch`` images, seeded as evaluate seeds it), and
-a per-layer trace of the largest activation, coupling shift and prior log-scale for the worst draw.
+Three modes (README.md beside this file has the tables they printed):
 
-    python experiments/bounded_flow/probe.py --model pretrained:fashion_mnist_v2 --images 6573 4203 0 1 2
+    # per image: the bound under draws 0..7 of (z, u) (flowvae.engine.evaluate.bound_draws), one row per model
+    python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist pretrained:fashion_mnist_v2 \
+        --images 6573 4203 0 1
+    # the same, with a per-layer trace (largest activation, coupling shift and log-scale, prior mean and
+    # log-scale, the split-off eps) for the image's lowest and highest draw
+    python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 --trace
+    # the whole test set under evaluate's own draws (seeds 0-2, batches of 250): spread per image
+    python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist_v2 --all 0 --json out.json
+    # a trained model with its couplings' shifts soft-bounded, or its priors' log-sigma floored, after the fact
+    python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 0 1 --shift-clamp 8
 """
 from __future__ import annotations
 
@@ -17,72 +24,65 @@ import torch
 from flowvae.checkpoint import load_checkpoint
 from flowvae.config import DataConfig
 from flowvae.data.datasets import load_dataset
-from flowvae.engine.evaluate import batch_seed
+from flowvae.engine.evaluate import batch_seed, bound_draws
 from flowvae.flows.coupling import AffineCoupling
-from flowvae.flows.priors import GaussianizeSplit, GaussianizeTop
 
 
-def trace_hooks(model, rec):
-    """Record max |shift|, max |log_s| of each coupling, max |output| of each step, prior log-sigma range."""
-    hooks = []
+def _install_trace(model, rec: dict) -> list:
+    """Hooks recording, per image, max |output| of every flow step, max |shift| and max log_s of every
+    coupling, max |mu| and min log_sigma of every prior and max |eps| of what it standardises."""
+    undo = []
     for lvl, steps in enumerate(model.glow.level_steps):
         for k, step in enumerate(steps):
+            name = f"L{lvl}S{k}"
             cp = step.layers[2]
-            orig = cp._params
 
-            def params(xa, cond, orig=orig, name=f"L{lvl}S{k}"):
+            def params(xa, cond, orig=cp._params, name=name):
                 shift, log_s = orig(xa, cond)
-                rec[name + ".shift"].append(shift.detach().abs().flatten(1).max(1).values)
+                rec[name + " max|shift|"] = shift.abs().flatten(1).max(1).values
+                rec[name + " max log_s"] = log_s.flatten(1).max(1).values
                 return shift, log_s
             cp._params = params
-            hooks.append((cp, "_params"))
+            undo.append(lambda cp=cp: delattr(cp, "_params"))
+            h = step.register_forward_hook(lambda m, i, o, name=name: rec.__setitem__(name + " max|h|", o[0].abs().flatten(1).max(1).values))
+            undo.append(h.remove)
+        prior = model.glow.priors[lvl]
 
-            def out_hook(mod, inp, out, name=f"L{lvl}S{k}"):
-                rec[name + ".out"].append(out[0].detach().abs().flatten(1).max(1).values)
-            hooks.append(step.register_forward_hook(out_hook))
-    for lvl, prior in enumerate(model.glow.priors):
-        orig = prior._params
-
-        def pparams(x, cond, orig=orig, name=f"prior{lvl}"):
+        def pparams(x, cond, orig=prior._params, name=f"prior{lvl}"):
             mu, ls = orig(x, cond)
-            rec[name + ".mu"].append(mu.detach().abs().flatten(1).max(1).values)
-            rec[name + ".log_sigma_min"].append(ls.detach().flatten(1).min(1).values)
+            rec[name + " max|mu|"] = mu.abs().flatten(1).max(1).values
+            rec[name + " min log_sigma"] = ls.flatten(1).min(1).values
             return mu, ls
         prior._params = pparams
-        hooks.append((prior, "_params"))
-    return hooks
+        undo.append(lambda p=prior: delattr(p, "_params"))
+
+        def eps_hook(m, i, o, name=f"prior{lvl}"):
+            e = o[0][:, m.ck:] if hasattr(m, "ck") else o[0]
+            rec[name + " max|eps|"] = e.abs().flatten(1).max(1).values
+        undo.append(prior.register_forward_hook(eps_hook).remove)
+    return undo
 
 
-def bound_draws(model, ds, index, seeds, batch):
-    b = index // batch
-    lo = b * batch
-    x = torch.stack([ds[i][0] for i in range(lo, min(lo + batch, len(ds)))])
-    out = {}
-    for s in seeds:
-        torch.manual_seed(batch_seed(s, b))
-        rec = defaultdict(list)
-        hooks = trace_hooks(model, rec)
+def trace(model, x, seed: int) -> dict:
+    rec: dict = {}
+    undo = _install_trace(model, rec)
+    try:
+        torch.manual_seed(seed)
         with torch.no_grad():
-            r = model.loss(x)
-        for h in hooks:
-            if isinstance(h, tuple):
-                del h[0]._params  # back to the class method
-            else:
-                h.remove()
-        j = index - lo
-        typical = {k: float(torch.cat(v).median()) for k, v in rec.items()}
-        out[s] = {"elbo_bpd": float(r["elbo_bpd"][j]), "batch_median_bpd": float(r["elbo_bpd"].median()),
-                  "trace": {k: float(torch.cat(v)[j]) for k, v in rec.items()}, "trace_batch_median": typical}
-    return out
+            model.loss(x)
+    finally:
+        for u in undo:
+            u()
+    return {k: v.tolist() for k, v in rec.items()}
 
 
 def spread_all(model, ds, seeds, batch, limit):
-    """Per-image bound (bits/dim) of the first ``limit`` test images under each seed, as ``evaluate`` draws
-    them: a [len(seeds), n] tensor."""
+    """Per-image bound of the first ``limit`` test images under each of ``evaluate``'s seeds (its batches
+    and per-batch seeding): a [len(seeds), n] tensor."""
     n = min(limit or len(ds), len(ds))
     out = torch.zeros(len(seeds), n, dtype=torch.float64)
     for b, lo in enumerate(range(0, n, batch)):
-        x = torch.stack([ds[i][0] for i in range(lo, min(lo + batch, n))])
+        x = ds[torch.arange(lo, min(lo + batch, n))][0]
         for si, s in enumerate(seeds):
             torch.manual_seed(batch_seed(s, b))
             with torch.no_grad():
@@ -90,52 +90,80 @@ def spread_all(model, ds, seeds, batch, limit):
     return out
 
 
-def summarise(bpd, seeds, top=5):
+def summarise(bpd, top=5):
     spread = bpd.max(0).values - bpd.min(0).values
     order = spread.argsort(descending=True)[:top]
     return {"images": bpd.shape[1], "mean_bpd_per_seed": [round(float(v), 4) for v in bpd.mean(1)],
+            "median_bpd_per_seed": [round(float(v), 4) for v in bpd.median(1).values],
             "max_bpd_per_seed": [round(float(v), 3) for v in bpd.max(1).values],
             "spread_median": round(float(spread.median()), 5), "spread_p99": round(float(spread.quantile(0.99)), 4),
-            "spread_max": round(float(spread.max()), 4),
+            "spread_max": round(float(spread.max()), 4), "images_spread_over_0.5": int((spread > 0.5).sum()),
             "largest_spreads": {int(i): [round(float(v), 3) for v in bpd[:, i]] for i in order}}
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--images", type=int, nargs="+", default=[6573, 4203])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--batch", type=int, default=250)
-    ap.add_argument("--trace", action="store_true", help="print the per-layer trace")
-    ap.add_argument("--json", default="")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--images", type=int, nargs="+", default=[6573, 4203, 0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    ap.add_argument("--trace", action="store_true", help="also the per-layer trace of the lowest and highest draw")
     ap.add_argument("--all", type=int, default=-1, metavar="N",
-                    help="instead: the per-image spread over the seeds on the first N test images (0 = all)")
+                    help="instead: the spread over evaluate's seeds (--seeds, default here 0 1 2) on the first N "
+                         "test images (0 = all), in batches of --batch")
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--prior-floor", type=float, default=None,
+                    help="post hoc: clamp every split/top prior's log-sigma from below at this value")
+    ap.add_argument("--ordinary", type=int, default=0, metavar="N",
+                    help="also print the mean bound of the first N test images under draw --seeds[0]")
+    ap.add_argument("--shift-clamp", type=float, default=None,
+                    help="post hoc: soft-bound every coupling's shift at this value (the trained weights unchanged)")
+    ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    model, cfg, _ = load_checkpoint(a.model)
-    ds = load_dataset(DataConfig(dataset="fashion_mnist"), cfg.model, "test")
-    if a.all >= 0:
-        summary = summarise(spread_all(model, ds, a.seeds, a.batch, a.all), a.seeds)
-        print(json.dumps({"model": a.model, **summary}))
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"model": a.model, "batch": a.batch, "seeds": a.seeds, **summary}, f, indent=1)
-        return
-    res = {}
-    for i in a.images:
-        d = bound_draws(model, ds, i, a.seeds, a.batch)
-        vals = [d[s]["elbo_bpd"] for s in a.seeds]
-        res[i] = {"bpd": vals, "spread": max(vals) - min(vals), "draws": d}
-        print(f"{a.model} image {i}: bpd per seed {['%.4f' % v for v in vals]}  spread {max(vals) - min(vals):.4f}")
-        if a.trace:
-            worst = max(a.seeds, key=lambda s: d[s]["elbo_bpd"])
-            best = min(a.seeds, key=lambda s: d[s]["elbo_bpd"])
-            for k in d[worst]["trace"]:
-                print(f"   {k:22s} worst {d[worst]['trace'][k]:12.4g}  best {d[best]['trace'][k]:10.4g}  "
-                      f"batch median {d[best]['trace_batch_median'][k]:10.4g}")
+    results = {}
+    for name in a.models:
+        model, cfg, _ = load_checkpoint(name)
+        if a.shift_clamp is not None:
+            for m in model.modules():
+                if isinstance(m, AffineCoupling):
+                    m.shift_clamp = a.shift_clamp
+            name = f"{name} (shift_clamp={a.shift_clamp:g} post hoc)"
+        if a.prior_floor is not None:
+            for prior in model.glow.priors:
+                prior._params = (lambda x, c, orig=prior._params, f=a.prior_floor:
+                                 (lambda mu, ls: (mu, ls.clamp(min=f)))(*orig(x, c)))
+            name = f"{name} (prior log-sigma >= {a.prior_floor:g} post hoc)"
+        ds = load_dataset(DataConfig(dataset="fashion_mnist"), cfg.model, "test")
+        if a.all >= 0:
+            seeds = a.seeds if a.seeds != list(range(8)) else [0, 1, 2]
+            results[name] = {"seeds": seeds, "batch": a.batch, **summarise(spread_all(model, ds, seeds, a.batch, a.all))}
+            print(json.dumps({name: results[name]}), flush=True)
+            continue
+        x = ds[torch.tensor(a.images)][0]
+        bpd = bound_draws(model, x, a.seeds)
+        results[name] = {"seeds": a.seeds, "images": {}}
+        if a.ordinary:
+            mean = float(bound_draws(model, ds[torch.arange(a.ordinary)][0], a.seeds[:1]).mean())
+            results[name]["ordinary_mean_bpd"] = {"images": a.ordinary, "mean": round(mean, 4)}
+            print(f"| {name} | mean of test images 0-{a.ordinary - 1} | {mean:.4f} |")
+        for j, i in enumerate(a.images):
+            col = bpd[:, j]
+            row = {"min": round(float(col.min()), 3), "median": round(float(col.median()), 3),
+                   "max": round(float(col.max()), 3), "spread": round(float(col.max() - col.min()), 3)}
+            results[name]["images"][i] = row
+            print(f"| {name} | {i} | {row['min']} | {row['median']} | {row['max']} | {row['spread']} |", flush=True)
+            if a.trace:
+                lo, hi = int(col.argmin()), int(col.argmax())
+                t_lo, t_hi = trace(model, x[j:j + 1], a.seeds[lo]), trace(model, x[j:j + 1], a.seeds[hi])
+                t_ref = trace(model, ds[torch.arange(250)][0], a.seeds[lo])  # ordinary images: their median
+                results[name]["images"][i]["trace"] = {"low_draw": t_lo, "high_draw": t_hi}
+                print(f"|   layer quantity | draw {a.seeds[lo]} ({col.min():.2f} bpd) | draw {a.seeds[hi]} ({col.max():.2f} bpd) "
+                      f"| median of test images 0-249 |")
+                for k in t_lo:
+                    print(f"| {k} | {t_lo[k][0]:.3g} | {t_hi[k][0]:.3g} | {torch.tensor(t_ref[k]).median():.3g} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "batch": a.batch, "seeds": a.seeds, "images": res}, f, indent=1)
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
