@@ -841,6 +841,54 @@ class Denoise(RestoreCommand):
         self.finish(job, cols, restored, "per row: " + ("" if a.images else "clean, ") + "noisy, 3x3 median filter, model MAP")
 
 
+def _temperatures(text: str) -> list:
+    return [TEMPERATURE(t) for t in text.split(",") if t.strip()] or [TEMPERATURE(text)]
+
+
+@register
+class Fid(ModelCommand):
+    name = "fid"
+    help = "Fréchet distance of samples to test images in the judge CNN's features, per temperature"
+    description = ("The Fréchet distance between samples and test images in the features of the judge CNN (the "
+                   "classifier of flowvae analyze), at each local-code temperature.\n\n"
+                   "  flowvae fid --checkpoint runs/quick --classifier runs/classifier.pt --temperatures 0.5,0.7,1.0")
+    options = ModelCommand.options + ("classifier", "progress")
+    out_help = "JSON file (default: <run dir>/fid.json)"
+    output = "fid.json"
+
+    def add_arguments(self, p):
+        p.add_argument("--temperatures", type=_temperatures, default=[0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                       help="comma-separated temperatures of the local code (default: 0.5,0.6,...,1.0)")
+        p.add_argument("--n", type=NON_NEGATIVE, default=0, help="samples and test images per set (default: 0, the whole test set)")
+
+    def outputs(self, job):
+        return super().outputs(job) + classifier_output(job)
+
+    def check(self, job):
+        try:
+            import torchmetrics  # noqa: F401  (an optional dependency)
+        except ImportError:
+            raise UsageError("flowvae fid needs torchmetrics: pip install torchmetrics") from None
+
+    def work(self, job):
+        from .data import load_dataset
+        from .engine.analyze import load_or_train_classifier
+        from .engine.evaluate import write_json
+        from .engine.fid import format_fid, sample_fid
+
+        a, cfg = job.args, job.cfg
+        clf = Path(a.classifier) if a.classifier else None
+        test = load_dataset(cfg.data, cfg.model, "test")
+        train = load_dataset(cfg.data, cfg.model, "train") if clf is None or not clf.exists() else None
+        judge, acc, how = load_or_train_classifier(clf, train, test, a.classifier_epochs, a.seed, not a.no_progress)
+        n = min(a.n, len(test)) if a.n else len(test)
+        res = sample_fid(job.model, test, judge, a.temperatures, n, seed=a.seed, progress=not a.no_progress)
+        res.update(checkpoint=str(a.checkpoint), classifier=how, classifier_test_acc=acc)
+        write_json(res, job.out["--out"])
+        print(format_fid(res))
+        print(f"written to {job.out['--out']}")
+
+
 @register
 class Prepare(Command):
     name = "prepare"

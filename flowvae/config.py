@@ -38,6 +38,7 @@ class ModelConfig:
     coupling_impl: str = "auto"     # auto (gemm on CPU, conv on CUDA) | gemm | conv: how the coupling nets run (same weights)
     hidden: int = 128               # coupling network width
     coupling_clamp: float = 2.0     # |log scale| bound of each coupling
+    shift_clamp: float = 0.0        # soft |shift| bound of each coupling, b*tanh(shift/b) (0 = unbounded, older models)
     z_dim: int = 64                 # global code size
     z_maps: int = 0                 # channels of a spatial map decoded from z for every level (0 = z as a channel bias only)
     injection: str = "global"       # global (z only) | hierarchical (z plus a spatial z_l per Glow level)
@@ -321,6 +322,8 @@ def validate(cfg: Config) -> None:
     h, w = m.image_size
     if h % 2**m.levels or w % 2**m.levels:
         raise ConfigError(f"model.image_size {h}x{w} must be divisible by 2**levels = {2**m.levels}")
+    if m.shift_clamp < 0:
+        raise ConfigError(f"model.shift_clamp must be >= 0 (0 = unbounded shifts), got {m.shift_clamp}")
     if m.type == "hybrid" and m.z_dim < 1:
         raise ConfigError("model.z_dim must be >= 1 for a hybrid model")
     if m.injection == "hierarchical" and m.type != "hybrid":

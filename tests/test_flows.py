@@ -72,6 +72,8 @@ CASES = {
     "coupling_vec": Case(lambda: AffineCoupling(4, 8, cond_dim=DV), (4, 4, 4), vec=True),
     "coupling_map": Case(lambda: AffineCoupling(4, 8, cond_map_channels=CM), (4, 4, 4), map=[CM]),
     "coupling_vec_map": Case(lambda: AffineCoupling(4, 8, DV, CM), (4, 4, 4), vec=True, map=[CM]),
+    # a soft-bounded shift, small enough that the randomised networks drive it into tanh's curved part
+    "coupling_shift_clamp": Case(lambda: AffineCoupling(4, 8, DV, shift_clamp=0.3), (4, 4, 4), vec=True),
     "split": Case(lambda: GaussianizeSplit(4), (4, 4, 4)),
     "split_vec": Case(lambda: GaussianizeSplit(4, cond_dim=DV), (4, 4, 4), vec=True),
     "split_vec_map": Case(lambda: GaussianizeSplit(4, DV, CM), (4, 4, 4), vec=True, map=[CM]),
@@ -93,6 +95,8 @@ CASES = {
     "top_zmap_map": Case(lambda: GaussianizeTop((4, 4, 4), DV, CM, CM), (4, 4, 4), vec=True, map=[CM], zmap=CM),
     "glow_zmap_kernels_steps": Case(lambda: ConditionalGlow((1, 8, 8), 2, [2, 1], 8, cond_dim=DV, zmap_channels=2,
                                                             kernels=[3, 1]), (1, 8, 8), vec=True, glow=True, std=0.1),
+    "glow_shift_clamp": Case(lambda: ConditionalGlow((1, 8, 8), 2, 2, 8, cond_dim=DV, shift_clamp=0.3),
+                             (1, 8, 8), vec=True, glow=True, std=0.1),
     "glow_zmap_levelcodes": Case(lambda: ConditionalGlow((1, 8, 8), 2, 1, 8, cond_dim=DV, cond_map_channels=[CM, 1],
                                                          zmap_channels=2, kernels=[1, 1]),
                                  (1, 8, 8), vec=True, map=[CM, 1], glow=True, std=0.1),
@@ -184,6 +188,53 @@ def test_coupling_missing_cond_raises():
         layer(x)
     with pytest.raises(ValueError, match="cond.vec"):
         layer(x, Cond(map=torch.randn(N, CM, 4, 4)))
+
+
+def _big_coupling(shift_clamp: float) -> AffineCoupling:
+    """A coupling whose network outputs large shifts (weights of scale 3 on a width-8 net)."""
+    torch.manual_seed(0)
+    layer = AffineCoupling(4, 8, DV, shift_clamp=shift_clamp).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 3.0)
+    return layer
+
+
+def test_shift_clamp_bounds_the_coupling_output():
+    x = torch.randn(N, 4, 4, 4, dtype=torch.float64) * 5
+    cond = Cond(vec=torch.randn(N, DV, dtype=torch.float64))
+    b = 1.5
+    free, bounded = _big_coupling(0.0), _big_coupling(b)
+    bounded.load_state_dict(free.state_dict())
+    y_free, ld_free = free(x, cond)
+    y, ld = bounded(x, cond)
+    xb = x[:, 2:]
+    limit = (xb.abs() + b) * torch.exp(torch.tensor(bounded.clamp, dtype=torch.float64))
+    assert (y[:, 2:].abs() <= limit).all()
+    assert (y_free[:, 2:].abs() > limit).any()  # without the clamp these weights break the bound
+    assert torch.equal(ld, ld_free)  # the shift has no log-det: the scales are untouched
+    assert torch.equal(y[:, :2], x[:, :2])
+
+
+def test_shift_clamp_is_near_identity_for_small_shifts():
+    # A soft bound far above the shifts a network makes leaves the coupling almost unchanged.
+    torch.manual_seed(1)
+    free = AffineCoupling(4, 8, DV).double()
+    with torch.no_grad():
+        for p in free.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    wide = AffineCoupling(4, 8, DV, shift_clamp=100.0).double()
+    wide.load_state_dict(free.state_dict())
+    x = torch.randn(N, 4, 4, 4, dtype=torch.float64)
+    cond = Cond(vec=torch.randn(N, DV, dtype=torch.float64))
+    y0, y1 = free(x, cond)[0], wide(x, cond)[0]
+    assert (y0 - x).abs().max() > 1e-3
+    assert torch.allclose(y0, y1, atol=1e-5, rtol=0)
+
+
+def test_shift_clamp_rejects_negative_values():
+    with pytest.raises(ValueError, match="shift_clamp"):
+        AffineCoupling(4, 8, shift_clamp=-1.0)
 
 
 def test_glow_log_prob_and_shapes():

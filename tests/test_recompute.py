@@ -38,6 +38,7 @@ LAYERS = {
     "invconv": lambda: InvConv1x1(4),
     "coupling": lambda: AffineCoupling(4, 8),
     "coupling_vec": lambda: AffineCoupling(4, 8, cond_dim=3),
+    "coupling_vec_shift_clamp": lambda: AffineCoupling(4, 8, cond_dim=3, shift_clamp=0.3),
     "coupling_vec_map_zmap_k3": lambda: AffineCoupling(4, 8, cond_dim=3, cond_map_channels=2, zmap_channels=2),
     "coupling_vec_map_zmap_k1": lambda: AffineCoupling(4, 8, cond_dim=3, cond_map_channels=2, zmap_channels=2, kernel=1),
 }

@@ -95,7 +95,9 @@ def test_score_cli_csv_and_user_folder(trained, tmp_path, capsys):
     Image.fromarray(x[0, 0].numpy()).save(folder / "shirt.png")
     Image.fromarray((torch.rand(50, 40, 3) * 255).byte().numpy()).save(folder / "big_colour.jpg")  # resized, grey
     out2 = tmp_path / "mine.csv"
-    assert main(["score", "--checkpoint", str(run), "--images", str(folder), "--out", str(out2)]) == 0
+    assert main(["score", "--checkpoint", str(run), "--images", str(folder), "--out", str(out2)]) == 2  # never silently
+    assert "big_colour.jpg (50x40)" in capsys.readouterr().err and not out2.exists()
+    assert main(["score", "--checkpoint", str(run), "--images", str(folder), "--out", str(out2), "--resize"]) == 0
     lines = out2.read_text().splitlines()
     assert len(lines) == 3 and "shirt.png" in out2.read_text()
     assert main(["score", "--checkpoint", str(run), "--images", str(tmp_path / "nothing"), "--out", str(out2)]) == 2

@@ -4,7 +4,12 @@ The first half of the channels, ``xa``, passes unchanged and (with the
 conditioning) predicts a shift and a log-scale for the second half ``xb``:
 ``yb = (xb + shift) * exp(log_s)``. The log-scale is soft-clamped,
 ``log_s = c * tanh(raw / c)``, so a zero-initialised last layer makes the
-coupling the identity and no step can blow up by more than ``exp(c)``.
+coupling the identity and no step can blow up by more than ``exp(c)``. With ``shift_clamp`` > 0
+(``model.shift_clamp``) the shift is soft-bounded the same way, ``shift = b * tanh(raw_shift / b)``:
+then ``|yb| <= (|xb| + b) * exp(c)`` whatever the network computes, and a shift the network pushes
+far past ``b`` (an input unlike the training images) is flat in its input, so it cannot pass a
+small change of the input on, amplified, to the next step. 0 (the default, and every model trained
+before the key existed) leaves the shift unbounded.
 
 Under autocast (``train.precision`` bf16/fp16) only the network runs in reduced precision: its
 output is cast to float32 (float64 for float64 inputs) before the affine map, so ``yb`` and the
@@ -215,17 +220,22 @@ class CouplingNet(nn.Module):
 
 class AffineCoupling(FlowLayer):
     def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0,
-                 zmap_channels: int = 0, kernel: int = 3):
+                 zmap_channels: int = 0, kernel: int = 3, shift_clamp: float = 0.0):
         super().__init__()
+        if shift_clamp < 0:
+            raise ValueError(f"shift_clamp must be >= 0 (0 = unbounded shift), got {shift_clamp}")
         self.ca = channels // 2
         self.cb = channels - self.ca
         self.net = CouplingNet(self.ca, 2 * self.cb, hidden, cond_dim, cond_map_channels, zmap_channels, kernel)
         self.clamp = clamp
+        self.shift_clamp = shift_clamp
 
     def _params(self, xa: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
         # Shift, scale and their log-det in float32 (float64 for float64 inputs) even if the network ran in bf16.
         h = self.net(xa, cond).to(logdet_dtype(xa))
         shift, raw = h[:, 0::2], h[:, 1::2]
+        if self.shift_clamp > 0:
+            shift = self.shift_clamp * torch.tanh(shift / self.shift_clamp)
         log_s = self.clamp * torch.tanh(raw / self.clamp)
         return shift, log_s
 
@@ -244,6 +254,9 @@ class AffineCoupling(FlowLayer):
         xb.requires_grad_()
         yb = ((xb + shift) * torch.exp(log_s)).to(y.dtype)
         return torch.cat([xa.detach(), xb.detach()], 1), (xa, xb), torch.cat([xa, yb], 1), sum_per_sample(log_s)
+
+    def extra_repr(self) -> str:
+        return f"clamp={self.clamp:g}" + (f", shift_clamp={self.shift_clamp:g}" if self.shift_clamp > 0 else "")
 
     def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
         ya, yb = y[:, : self.ca], y[:, self.ca :]
