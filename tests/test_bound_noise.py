@@ -37,11 +37,9 @@ def images():
 
 
 @pytest.mark.parametrize("name", [
-    "fashion_mnist_v2",
+    "fashion_mnist",
     # measured with these draws: test image 6573 spans
-    pytest.param("fashion_mnist", marks=_old("9.31..6976.69 bits/dim (unbounded shifts: activations run away)")),
-    pytest.param("fashion_mnist_hier", marks=_old("15.54..256.54 bits/dim (split prior's eps up to 400)")),
-    pytest.param("fashion_mnist_codes", marks=_old("8.07..9.56 bits/dim")),
+    pytest.param("fashion_mnist_hierarchical", marks=_old("15.54..256.54 bits/dim (split prior's eps up to 400)")),
 ])
 def test_per_image_bound_barely_depends_on_the_draw(name, images):
     x, hard_indices = images
@@ -57,7 +55,7 @@ def test_per_image_bound_barely_depends_on_the_draw(name, images):
 
 
 def test_bound_draws_leave_the_random_state_alone(images):
-    model, _, _ = load_checkpoint("pretrained:fashion_mnist_v2")
+    model, _, _ = load_checkpoint("pretrained:fashion_mnist")
     state = torch.random.get_rng_state()
     a = bound_draws(model, images[0][:4], [3, 4])
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -68,7 +66,7 @@ def test_bound_draws_leave_the_random_state_alone(images):
 
 
 def test_shift_clamp_is_off_for_older_models_and_on_in_the_recipe():
-    _, cfg, _ = load_checkpoint("pretrained:fashion_mnist_v2")  # its config predates the key
+    _, cfg, _ = load_checkpoint("pretrained:fashion_mnist_hierarchical")  # its config predates the key
     assert cfg.model.shift_clamp == 0.0
     recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml")
     assert recipe.model.shift_clamp > 0

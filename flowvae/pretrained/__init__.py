@@ -16,7 +16,8 @@ HERE = Path(__file__).resolve().parent
 
 # Names that were shipped by earlier versions: what to use instead.
 RETIRED = {
-    "fashion_mnist_v2": "it is now pretrained:fashion_mnist (the same weights)",
+    "fashion_mnist_v2": "it was superseded by pretrained:fashion_mnist, the same recipe with soft-bounded coupling "
+                        "shifts (3.2035 against 3.2474 bits/dim, and a bound that no longer depends on the noise draw)",
     "fashion_mnist_hier": "it is now pretrained:fashion_mnist_hierarchical (the same weights)",
     "fashion_mnist_codes": "it was superseded by pretrained:fashion_mnist, which has both a lower bound and a "
                            "stronger swap",
