@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Score the shift-bound run once it has finished (README.md, section 4): the bound on all 10,000 test images,
 # the per-image spread over draws, and the swap analysis with the cached judge.
-#   bash experiments/bounded_flow/finish_run.sh /work/runs17/shiftclamp8 /work/runs17/classifier.pt
+#   bash experiments/bounded_flow/finish_run.sh runs/shiftclamp8 runs/classifier.pt
 set -euo pipefail
 RUN=${1:?run directory}; CLF=${2:?classifier cache}
 OUT=experiments/bounded_flow/results

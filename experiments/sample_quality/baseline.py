@@ -1,7 +1,7 @@
 """The floor of the Fréchet distance in the judge's features: N training images against the first N test
 images (two samples of the data distribution itself), for the N of the sweeps.
 
-    python experiments/sample_quality/baseline.py --classifier /work/runs17/classifier.pt --n 2000 10000
+    python experiments/sample_quality/baseline.py --classifier runs/classifier.pt --n 2000 10000
 """
 import argparse
 import json
