@@ -44,7 +44,7 @@ def test_missing_checkpoints_are_user_errors_and_file_not_found(tmp_path):
         with pytest.raises(CheckpointNotFound) as e:
             checkpoint_file(path)
         assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, FlowVAEError)
-    with pytest.raises(CheckpointNotFound, match="pretrained:fashion_mnist "):
+    with pytest.raises(CheckpointNotFound, match="superseded by pretrained:fashion_mnist,"):
         checkpoint_file("pretrained:fashion_mnist_v2")  # a retired name says what replaced it
 
 
