@@ -1,8 +1,8 @@
 """Sample quality: the Fréchet distance between a model's samples and test images, in the feature space
 of the judge CNN that ``flowvae analyze`` trains (engine/analyze.py).
 
-    flowvae fid --checkpoint pretrained:fashion_mnist_v2 --classifier runs/classifier.pt \\
-        --temperatures 0.5 0.7 1.0 --n 10000
+    flowvae fid --checkpoint pretrained:fashion_mnist --classifier runs/classifier.pt \\
+        --temperatures 0.5,0.7,1.0 --n 10000
 
 The distance is the one of Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a
 Local Nash Equilibrium" (FID): fit a Gaussian to the features of each set and take
