@@ -106,3 +106,12 @@ def images():
         return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g)
 
     return make
+
+
+def randomize_head(model, std=0.3, seed=0):
+    """Encoder head -> mu and log sigma of order 1 (so posterior variance matters)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.latents.groups["global"].head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model

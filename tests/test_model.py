@@ -15,17 +15,9 @@ from flowvae.checkpoint import CheckpointError
 from flowvae.flows import ActNorm
 from flowvae.flows.squeeze import squeeze2x2
 from flowvae.objective import LN2
+from conftest import randomize_head
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def randomize_head(model, std=0.3, seed=0):
-    """Encoder head -> mu and log sigma of order 1 (so posterior variance matters)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.latents.groups["global"].head.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def std_normal_logprob(t):

@@ -11,18 +11,10 @@ import torch
 from torch.distributions import Normal
 
 from flowvae.objective import LN2, Bound, Objective, free_bits_kl
+from conftest import randomize_head
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def randomize_head(model, std=0.3, seed=0):
-    """Encoder head -> mu and log sigma of order 1 (so posterior variance matters)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.latents.groups["global"].head.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def terms(log_p_y, log_q_u, kl_total, kl=None):
