@@ -316,6 +316,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS + EXTRA), help=f"comma-separated, from {', '.join(MODELS + EXTRA)}")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--override", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE",
+                    help="a model.* override of configs/fashion_mnist.yaml for flowvae's models (repeatable), "
+                         "e.g. model.shift_clamp=0 to time the flow without the shift bound")
     ap.add_argument("--out", default="", help="write the results as JSON here")
     ap.add_argument("--_memory-child", dest="memory_child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
