@@ -45,6 +45,7 @@ class ModelConfig:
     hier_channels: int = 2          # hierarchical: channels of each level's latent z_l [C, H/2^(l+1), W/2^(l+1)]
     hier_prior: str = "normal"      # hierarchical: p(z_l) = N(0, I) (normal) | top-down p(z_l | z_{l+1}) (topdown)
     hier_hidden: int = 32           # hierarchical: width of the top-down prior networks
+    split_prior: str = "kept"       # each split prior reads the kept half and the codes (kept) | the codes alone (code)
     encoder_width: int = 64
     encoder_blocks: int = 1         # residual blocks per resolution
     prior: str = "normal"           # normal (analytic KL) | flow (normflows RealNVP, Monte-Carlo KL)
@@ -305,6 +306,7 @@ def validate(cfg: Config) -> None:
                "model.dequantization": (m.dequantization, ("uniform", "variational")),
                "model.injection": (m.injection, ("global", "hierarchical")),
                "model.hier_prior": (m.hier_prior, ("normal", "topdown")),
+               "model.split_prior": (m.split_prior, ("kept", "code")),
                "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
                "train.memory": (cfg.train.memory, ("standard", "recompute", "checkpoint")),
                "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
@@ -330,6 +332,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.injection=hierarchical needs model.type=hybrid (a flow-only Glow has no encoder)")
     if m.injection == "hierarchical" and (m.hier_channels < 1 or m.hier_hidden < 1):
         raise ConfigError(f"model.hier_channels and model.hier_hidden must be >= 1, got {m.hier_channels}, {m.hier_hidden}")
+    if m.split_prior == "code" and not (m.type == "hybrid" and (m.injection == "hierarchical" or m.z_maps > 0)):
+        raise ConfigError("model.split_prior=code needs a spatial code for the split priors to read: "
+                          "model.injection=hierarchical or model.z_maps > 0")
     for name, vals, ok in (("model.level_steps", m.level_steps, lambda v: v >= 1),
                            ("model.coupling_kernels", m.coupling_kernels, lambda v: v in (1, 3))):
         if vals and len(vals) != m.levels:

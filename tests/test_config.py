@@ -66,3 +66,18 @@ def test_files_that_are_not_yaml_configs(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(ConfigError, match="must be a mapping of sections"):
         load_config(scalar)
+
+
+@pytest.mark.parametrize("overrides, ok", [
+    (["model.split_prior=code"], False),                                   # a global code has no map to read
+    (["model.split_prior=code", "model.type=glow"], False),
+    (["model.split_prior=code", "model.injection=hierarchical"], True),
+    (["model.split_prior=code", "model.z_maps=4"], True),
+    (["model.split_prior=codes"], False),
+])
+def test_split_prior_from_the_codes_alone_needs_a_spatial_code(overrides, ok):
+    if ok:
+        assert load_config(TINY, overrides).model.split_prior == "code"
+    else:
+        with pytest.raises(ConfigError, match="split_prior"):
+            load_config(TINY, overrides)

@@ -77,6 +77,8 @@ CASES = {
     "split": Case(lambda: GaussianizeSplit(4), (4, 4, 4)),
     "split_vec": Case(lambda: GaussianizeSplit(4, cond_dim=DV), (4, 4, 4), vec=True),
     "split_vec_map": Case(lambda: GaussianizeSplit(4, DV, CM), (4, 4, 4), vec=True, map=[CM]),
+    # model.split_prior=code: the split half's mean and scale from the codes alone, not the kept half
+    "split_codes_only": Case(lambda: GaussianizeSplit(4, DV, CM, read_kept=False), (4, 4, 4), vec=True, map=[CM]),
     "top": Case(lambda: GaussianizeTop((4, 4, 4)), (4, 4, 4)),
     "top_vec": Case(lambda: GaussianizeTop((4, 4, 4), cond_dim=DV), (4, 4, 4), vec=True),
     "top_vec_map": Case(lambda: GaussianizeTop((4, 4, 4), DV, CM), (4, 4, 4), vec=True, map=[CM]),
@@ -97,6 +99,9 @@ CASES = {
                                                             kernels=[3, 1]), (1, 8, 8), vec=True, glow=True, std=0.1),
     "glow_shift_clamp": Case(lambda: ConditionalGlow((1, 8, 8), 2, 2, 8, cond_dim=DV, shift_clamp=0.3),
                              (1, 8, 8), vec=True, glow=True, std=0.1),
+    "glow_split_codes_only": Case(lambda: ConditionalGlow((1, 8, 8), 2, 1, 8, cond_dim=DV, cond_map_channels=[CM, 1],
+                                                          split_reads_kept=False), (1, 8, 8), vec=True, map=[CM, 1],
+                                  glow=True, std=0.1),
     "glow_zmap_levelcodes": Case(lambda: ConditionalGlow((1, 8, 8), 2, 1, 8, cond_dim=DV, cond_map_channels=[CM, 1],
                                                          zmap_channels=2, kernels=[1, 1]),
                                  (1, 8, 8), vec=True, map=[CM, 1], glow=True, std=0.1),
@@ -235,6 +240,26 @@ def test_shift_clamp_is_near_identity_for_small_shifts():
 def test_shift_clamp_rejects_negative_values():
     with pytest.raises(ValueError, match="shift_clamp"):
         AffineCoupling(4, 8, shift_clamp=-1.0)
+
+
+def test_split_prior_on_the_codes_alone_ignores_the_kept_half():
+    """With read_kept=False the standardised split half depends on the codes only: changing the kept half
+    leaves it unchanged, while the default layer's (same weights, plus kept-half inputs) changes."""
+    case, layer, x, cond = setup("split_codes_only")
+    moved = x.clone()
+    moved[:, : layer.ck] += torch.randn_like(moved[:, : layer.ck])
+    (y, ld), (y2, ld2) = layer(x, cond), layer(moved, cond)
+    assert torch.equal(y[:, layer.ck:], y2[:, layer.ck:]) and torch.equal(ld, ld2)
+    reads = GaussianizeSplit(4, DV, CM).to(torch.float64)
+    with torch.no_grad():
+        for p in reads.parameters():
+            p.normal_(0, 1)
+    assert not torch.allclose(reads(x, cond)[0][:, reads.ck:], reads(moved, cond)[0][:, reads.ck:])
+
+
+def test_split_prior_on_the_codes_alone_needs_a_spatial_code():
+    with pytest.raises(ValueError, match="spatial code"):
+        GaussianizeSplit(4, cond_dim=DV, read_kept=False)
 
 
 def test_glow_log_prob_and_shapes():

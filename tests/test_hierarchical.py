@@ -54,11 +54,14 @@ def test_code_layout(make_model, prior):
     assert torch.equal(named["level0"], levels[0]) and torch.equal(model.latents.flatten(named), code)
 
 
+@pytest.mark.parametrize("split", ["kept", "code"])
 @pytest.mark.parametrize("prior", PRIORS)
-def test_glow_logdet_matches_brute_force_jacobian_with_level_codes(make_model, images, prior):
+def test_glow_logdet_matches_brute_force_jacobian_with_level_codes(make_model, images, prior, split):
     """The decoder of the hierarchical model is a bijection in y for each (z, z_l): round trip and
-    log-det against the float64 Jacobian, with the model's own code as condition."""
-    model = make_hier(make_model, prior)
+    log-det against the float64 Jacobian, with the model's own code as condition; also with the split
+    priors reading the codes alone (model.split_prior=code)."""
+    model = make_hier(make_model, prior, f"model.split_prior={split}")
+    assert model.glow.priors[0].read_kept == (split == "kept")
     x = images(2)
     with torch.no_grad():
         code = model._posterior(model._prepare(x))[0].double()
@@ -81,9 +84,10 @@ def test_glow_logdet_matches_brute_force_jacobian_with_level_codes(make_model, i
         assert (model.glow(y, z, moved)[0] - eps).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("split", ["kept", "code"])
 @pytest.mark.parametrize("prior", PRIORS)
-def test_decode_encode_and_swap_exact(make_model, images, prior):
-    model = make_hier(make_model, prior)
+def test_decode_encode_and_swap_exact(make_model, images, prior, split):
+    model = make_hier(make_model, prior, f"model.split_prior={split}")
     x, x2 = images(8, seed=1), images(8, seed=2)
     model.initialize(x)
     code, eps = model.encode(x)

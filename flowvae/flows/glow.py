@@ -105,6 +105,7 @@ class ConditionalGlow(nn.Module):
         zmap_channels: int = 0,
         kernels: Union[int, Sequence[int]] = 3,
         shift_clamp: float = 0.0,
+        split_reads_kept: bool = True,
     ):
         super().__init__()
         c, h, w = image_shape
@@ -129,7 +130,7 @@ class ConditionalGlow(nn.Module):
             self.level_steps.append(nn.ModuleList([FlowStep(c, hidden, cond_dim, maps[lvl], clamp, zc, k, shift_clamp)
                                                    for _ in range(steps[lvl])]))
             if lvl < levels - 1:
-                prior = GaussianizeSplit(c, cond_dim, maps[lvl], zc, k)
+                prior = GaussianizeSplit(c, cond_dim, maps[lvl], zc, k, read_kept=split_reads_kept)
                 self.kept_channels.append(prior.ck)
                 c = prior.ck
             else:

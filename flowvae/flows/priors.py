@@ -42,14 +42,24 @@ class GaussianizeSplit(FlowLayer):
     ``[kept, split] -> [kept, (split - mu) / sigma]`` with
     ``mu, log sigma = ZeroConv(kept [, cond map] [, z map]) + Linear(z)``; ``kernel`` is the conv's size
     (1 keeps the prior as local as kernel-1 couplings).
+
+    ``read_kept=False`` drops ``kept`` from the conv's input: the split half's mean and scale then come from
+    the codes alone (the level code z_l and/or the map decoded from z, plus z), so whatever of the
+    factored-out half the flow could have predicted from the kept half must come through the code instead
+    (the argument of "Learning Hierarchical Features from Generative Models", Zhao, Song and Ermon, 2017).
+    The log-det is unchanged, ``-sum log sigma``, and the layer still inverts exactly.
     """
 
     def __init__(self, channels: int, cond_dim: int = 0, cond_map_channels: int = 0, zmap_channels: int = 0,
-                 kernel: int = 3):
+                 kernel: int = 3, read_kept: bool = True):
         super().__init__()
+        if not read_kept and not cond_map_channels + zmap_channels:
+            raise ValueError("a split prior that does not read the kept half needs a spatial code "
+                             "(cond_map_channels or zmap_channels > 0)")
         self.ck = channels // 2
         self.cs = channels - self.ck
-        self.conv = ZeroConv2d(self.ck + cond_map_channels + zmap_channels, 2 * self.cs, kernel)
+        self.read_kept = read_kept
+        self.conv = ZeroConv2d(self.ck * read_kept + cond_map_channels + zmap_channels, 2 * self.cs, kernel)
         self.cond_map_channels = cond_map_channels
         self.zmap_channels = zmap_channels
         self.cond_proj = nn.Linear(cond_dim, 2 * self.cs) if cond_dim > 0 else None
@@ -63,7 +73,8 @@ class GaussianizeSplit(FlowLayer):
 
     def _params_fp(self, kept: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
         _need(cond, self.cond_proj is not None, bool(self.cond_map_channels), "this split prior", bool(self.zmap_channels))
-        inp = torch.cat([kept] + _spatial(cond, bool(self.cond_map_channels), bool(self.zmap_channels), kept.dtype), 1)
+        codes = _spatial(cond, bool(self.cond_map_channels), bool(self.zmap_channels), kept.dtype)
+        inp = torch.cat(([kept] if self.read_kept else []) + codes, 1)
         h = self.conv(inp)
         if self.cond_proj is not None:
             h = h + self.cond_proj(cond.vec.to(h.dtype))[:, :, None, None]
