@@ -411,6 +411,7 @@ class Evaluate(ModelCommand):
                    "sharded over the processes and the results reduced.\n\n"
                    "  flowvae evaluate --checkpoint runs/quick --k 128\n"
                    "  torchrun --standalone --nproc_per_node 2 -m flowvae evaluate --checkpoint runs/quick")
+    options = ModelCommand.options + ("progress",)
     out_help = "JSON file for the results (default: <run dir>/eval_k<K>.json)"
 
     def add_arguments(self, p):
@@ -436,7 +437,7 @@ class Evaluate(ModelCommand):
         try:
             res = evaluate(job.model.to(info.device), ds, k=self._k(job), batch_size=cfg.eval.batch_size,
                            limit=cfg.eval.limit if args.limit is None else args.limit, seed=args.seed,
-                           progress=info.is_main, dist_info=info)
+                           progress=info.is_main and not args.no_progress, dist_info=info)
         finally:
             D.teardown(info)
         if info.is_main:
@@ -656,7 +657,7 @@ class Score(ModelCommand):
                    "complexity_bpd and ic_bpd; with --reference also reference_bpd and the likelihood ratio lr_bpd.\n\n"
                    "  flowvae score --checkpoint runs/quick --out scores.csv\n"
                    "  flowvae score --checkpoint runs/quick --images my_folder/ --out scores.csv")
-    options = ModelCommand.options + ("image_files",)
+    options = ModelCommand.options + ("image_files", "progress")
     out_help = "CSV file (default: <run dir>/scores.csv)"
     output = "scores.csv"
 
@@ -690,7 +691,7 @@ class Score(ModelCommand):
         from .uses.score import score_dataset
 
         a, ds = job.args, job.inputs["ds"]
-        scores, labels = score_dataset(job.model, ds, k=a.k, batch_size=a.batch_size, limit=a.limit, progress=True,
+        scores, labels = score_dataset(job.model, ds, k=a.k, batch_size=a.batch_size, limit=a.limit, progress=not a.no_progress,
                                        reference=job.inputs.get("reference"))
         n = len(labels)
         source = [str(f) for f in ds.files[:n]] if a.images else [f"{a.split}{i}" for i in range(n)]

@@ -446,3 +446,16 @@ def test_grid_memory_estimate_scales_with_the_budget(monkeypatch):
     cli.check_grid_memory(5000, (1, 28, 28), "sample --n 5000")  # ~0.3 GiB of a 1 GiB budget
     with pytest.raises(cli.UsageError, match=r"at most [\d,]+ images fit"):
         cli.check_grid_memory(50000, (1, 28, 28), "sample --n 50000")
+
+
+@pytest.mark.parametrize("command, extra", [("evaluate", ["--k", "1", "--limit", "16"]),
+                                            ("score", ["--k", "1", "--limit", "16"])])
+def test_long_commands_print_progress_lines_unless_no_progress(tiny_run, tmp_path, capsys, monkeypatch, command, extra):
+    """Off a terminal, progress is plain lines (every FLOWVAE_PROGRESS_SECONDS); --no-progress silences them."""
+    monkeypatch.setenv("FLOWVAE_PROGRESS_SECONDS", "0")
+    suffix = ".json" if command == "evaluate" else ".csv"
+    for quiet in (False, True):
+        argv = [command, "--checkpoint", str(tiny_run), "--out", str(tmp_path / f"{quiet}{suffix}"), *extra]
+        assert main(argv + (["--no-progress"] if quiet else [])) == 0
+        err = capsys.readouterr().err
+        assert ("img [" in err) != quiet, err

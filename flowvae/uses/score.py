@@ -124,20 +124,21 @@ def score_dataset(model, ds, k: int = 1, batch_size: int = 256, limit: int = 0, 
                   progress: bool = False, reference=None) -> tuple[dict[str, Tensor], Tensor]:
     """``score_images`` over a dataset (the first ``limit`` images if > 0); returns (scores, labels).
     ``reference``: a local background model (adds ``reference_bpd`` and ``lr_bpd``)."""
-    from tqdm import tqdm
-
     from ..data import iterate_batches
+    from ..runtime import Progress
 
     if reference is not None:
         check_reference(model, reference)
     n = len(ds) if not limit else min(limit, len(ds))
     parts: dict[str, list] = {}
     labels = []
-    for x, y in tqdm(iterate_batches(ds, batch_size, indices=torch.arange(n)), total=-(-n // batch_size),
-                     desc="score", disable=not progress, leave=False):
+    bar = Progress(total=n, desc=f"score (k={k})", unit="img", enabled=progress, leave=False)
+    for x, y in iterate_batches(ds, batch_size, indices=torch.arange(n)):
         for key, v in score_images(model, x, k=k, split=split, reference=reference).items():
             parts.setdefault(key, []).append(v)
         labels.append(torch.as_tensor(y))
+        bar.update(len(y))
+    bar.close()
     return {key: torch.cat(v) for key, v in parts.items()}, torch.cat(labels)
 
 
