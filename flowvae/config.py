@@ -106,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                # torch CPU threads: 0 = auto (1, robust on a busy machine; README), -1 = torch's default
     max_skip_fraction: float = 0.5  # stop when more than this share of a run's steps had a non-finite loss (1 = never)
+    max_skipped_in_a_row: int = 100  # stop when this many steps in a row had a non-finite loss (0 = never)
     precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast; log-dets, priors, KL and loss stay float32)
     grad_accum: int = 1             # micro-batches per step per process; batch_size stays the global batch
     memory: str = "standard"        # standard | recompute (rebuild activations from the flow's outputs) | checkpoint
@@ -369,6 +370,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.grad_clip must be a finite number > 0 (the max gradient norm), got {t.grad_clip}")
     if t.threads < -1:
         raise ConfigError(f"train.threads must be 0 (auto: 1 thread), -1 (torch's default) or a count, got {t.threads}")
+    if t.max_skipped_in_a_row < 0:
+        raise ConfigError(f"train.max_skipped_in_a_row must be >= 0 (0 = never stop), got {t.max_skipped_in_a_row}")
     if not 0 <= t.max_skip_fraction <= 1:
         raise ConfigError(f"train.max_skip_fraction must be in [0, 1] (1 = never stop), got {t.max_skip_fraction}")
     if t.batch_size % t.grad_accum:

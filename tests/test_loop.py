@@ -82,6 +82,43 @@ def test_training_that_skips_most_steps_stops(tmp_path, monkeypatch, capsys):
     assert state["step"] == 10 and state["skipped_steps"] == 10
 
 
+def test_a_run_stuck_skipping_every_step_stops_and_keeps_the_checkpoint_from_before(tmp_path, monkeypatch, capsys):
+    """A healthy start hides a later streak from the share rule (24 good steps, then every step fails);
+    the streak rule stops it, and the periodic checkpoint due during the streak is not written over
+    the one from before it."""
+    import torch
+
+    from flowvae.checkpoint import read_checkpoint
+
+    import flowvae.engine.loop as loop
+
+    saved = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (saved.append(state["step"]), real_save(path, state))[1])
+    monkeypatch.setattr(FlowVAE, "loss", poisoned_loss(set(range(25, 1000))))
+    err = _cli_error(capsys, "train", "--config", str(TINY), "--out", str(tmp_path / "r"), "train.max_steps=200",
+                     "train.checkpoint_every=10", "train.max_skip_fraction=1", "train.max_skipped_in_a_row=12", *QUIET)
+    assert "stopping at step 36: the last 12 steps in a row (from step 25)" in err and "lower train.lr" in err
+    assert saved == [10, 20]  # step 30 was skipped: no save then, and none when it stopped
+    state = read_checkpoint(tmp_path / "r")
+    assert state["step"] == 20 and state["skipped_steps"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_checkpoint_due_on_a_skipped_step_is_written_at_the_next_applied_one(tmp_path, monkeypatch):
+    from flowvae.cli import main
+
+    import flowvae.engine.loop as loop
+
+    saved = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (saved.append(state["step"]), real_save(path, state))[1])
+    monkeypatch.setattr(FlowVAE, "loss", poisoned_loss({10}))
+    assert main(["train", "--config", str(TINY), "--out", str(tmp_path / "r"), "train.max_steps=15",
+                 "train.checkpoint_every=5", *QUIET]) == 0
+    assert saved == [5, 11, 15]
+
+
 def test_a_few_skipped_steps_warn(tmp_path, monkeypatch, capsys):
     from flowvae.cli import main
 

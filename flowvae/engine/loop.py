@@ -33,6 +33,12 @@ class TrainingError(FlowVAEError, RuntimeError):
     """Training cannot usefully go on (e.g. most steps are skipped as non-finite)."""
 
 
+class StuckRun(TrainingError):
+    """Every step of a long streak was skipped: the weights sit where every batch fails, and skipped steps
+    never move them. The checkpoint on disk is left as it is (periodic saves wait for an applied step),
+    so it holds the weights from before the streak."""
+
+
 @dataclasses.dataclass
 class Counters:
     """Where the run is; saved in the checkpoint. They move only after an optimiser step, so they always
@@ -60,7 +66,7 @@ class Run:
     guard: "SkipGuard" = None               # this process's skipped steps (set from the config)
 
     def __post_init__(self):
-        self.guard = SkipGuard(self.cfg.train.max_skip_fraction)
+        self.guard = SkipGuard(self.cfg.train.max_skip_fraction, self.cfg.train.max_skipped_in_a_row)
 
     @property
     def t(self):
@@ -82,6 +88,7 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
     signal (Ctrl-C / SIGTERM on any rank)."""
     c, t = run.c, run.t
     batches = global_batches(run)
+    save_due = False  # a periodic checkpoint waits for an applied step: a skipped one may mean broken weights
     while not budget.done():
         x = next(batches)
         budget.plan_if_due()
@@ -95,8 +102,10 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
         log.step(res, x.shape[0] * run.tr.info.world_size, budget)
         if t.eval_every and c.step % t.eval_every == 0:
             log.evaluation(periodic_evaluation(run), run.eval_model)
-        if t.checkpoint_every and c.step % t.checkpoint_every == 0:
+        save_due = save_due or bool(t.checkpoint_every and c.step % t.checkpoint_every == 0)
+        if save_due and res.applied:
             ckpt.save()
+            save_due = False
         if res.flags["stop"] or res.flags["time"]:  # agreed by all ranks in the step's all-reduce
             return bool(res.flags["stop"])
     return False
@@ -117,14 +126,25 @@ def global_batches(run: Run):
 
 
 class SkipGuard:
-    """Stops a diverging run: more than ``max_fraction`` of this process's steps skipped as non-finite."""
+    """Stops a diverging run: more than ``max_fraction`` of this process's steps skipped as non-finite, or
+    ``max_in_a_row`` steps in a row (0: never), which a long healthy start would otherwise hide for as
+    many steps again."""
 
-    def __init__(self, max_fraction: float):
-        self.max_fraction, self.steps, self.skipped = max_fraction, 0, 0
+    def __init__(self, max_fraction: float, max_in_a_row: int = 0):
+        self.max_fraction, self.max_in_a_row = max_fraction, max_in_a_row
+        self.steps = self.skipped = self.in_a_row = 0
 
     def count(self, applied: bool, step: int, lr: float) -> None:
         self.steps += 1
         self.skipped += not applied
+        self.in_a_row = 0 if applied else self.in_a_row + 1
+        if self.max_in_a_row and self.in_a_row >= self.max_in_a_row:
+            raise StuckRun(
+                f"stopping at step {step}: the last {self.in_a_row} steps in a row (from step {step - self.in_a_row + 1}) "
+                f"had a non-finite loss or gradient norm and were skipped (train.max_skipped_in_a_row="
+                f"{self.max_in_a_row}); skipped steps do not change the weights, so this run is stuck. The "
+                f"checkpoint was left as it was before the streak: continue it with --resume and a lower train.lr "
+                f"(now {lr:g}) or train.grad_clip")
         if self.steps >= SKIP_CHECK_AFTER and self.skipped > self.max_fraction * self.steps:
             raise TrainingError(
                 f"stopping at step {step}: {self.skipped} of this run's {self.steps} steps had a non-finite "
@@ -320,16 +340,17 @@ class Checkpointer:
         self.run = run
         self.path = run.out / "checkpoint.pt"
         self.saved_step: Optional[int] = run.c.step if self.path.is_file() else None
+        self.written_step: Optional[int] = None
 
     def save(self) -> None:
-        if not self.run.main:
+        if not self.run.main or self.written_step == self.run.c.step:  # this process wrote this very step already
             return
         state = checkpoint_state(self.run)
         try:
             save_checkpoint(self.path, state)
         except CheckpointError as e:
             raise CheckpointError(f"{e}; {self._rescue(state)}") from None
-        self.saved_step = self.run.c.step
+        self.saved_step = self.written_step = self.run.c.step
 
     def _rescue(self, state: dict) -> str:
         step = self.run.c.step

@@ -80,7 +80,7 @@ from ..runtime import (PRECISIONS, OutputError, apply_threads, autocast_context,
 from . import distributed as D
 from .ema import EMA
 from .evaluate import model_terms, write_json
-from .loop import (Budget, Checkpointer, Counters, Logger, Run, StopSignal, TrainingError, log_images,  # noqa: F401
+from .loop import (Budget, Checkpointer, Counters, Logger, Run, StopSignal, StuckRun, TrainingError, log_images,  # noqa: F401
                    periodic_evaluation, run_loop, weights)
 from .schedule import configured_plan, get_lr, resumed_plan  # noqa: F401  (get_lr: re-exported)
 from .step import LossModule, Trainer
@@ -147,6 +147,9 @@ def _guarded_loop(run: Run, budget: Budget, log: Logger, ckpt: Checkpointer, sto
     except KeyboardInterrupt:  # a second Ctrl-C: the step in flight may be half done, so do not save it
         log.close()
         run.say(f"stopped at once by a second Ctrl-C; {ckpt.path} holds the last periodic checkpoint")
+        raise
+    except StuckRun:  # the weights every batch fails on: keep the checkpoint from before the streak
+        log.close()
         raise
     except Exception as exc:
         log.close()
