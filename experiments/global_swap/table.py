@@ -12,7 +12,7 @@ BASE = HERE.parent / "bounded_flow" / "results"  # the 9,172-step run both conti
 RUNS = [("base", "the 9,172-step run (pretrained:fashion_mnist)", BASE / "eval_shiftclamp8.json", BASE / "analysis_shiftclamp8.json")]
 RUNS += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results" / f"analysis_{run}.json") for run, what in
          (("more", "+2,000 steps, KL weight 1 (the control)"), ("b03", "+2,000 steps, KL weight 0.3"),
-          ("b01", "+2,000 steps, KL weight 0.1"))]
+          ("b01", "+2,000 steps, KL weight 0.1"), ("b01_long", "+4,000 steps, KL weight 0.1"))]
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""A run's test-bound curve (its TensorBoard eval/elbo_bpd and eval/kl_nats) as results/<run>/curve.json.
+"""A run's periodic test evaluations (its TensorBoard eval/* scalars: the bound, KL and active units per
+latent group) as results/<run>/curve.json.
 
     python experiments/hierarchy_full/curve.py RUN_DIR [--name NAME]
 """
@@ -18,7 +19,7 @@ def main() -> None:
     a = ap.parse_args()
     ea = EventAccumulator(str(a.run / "tb"), size_guidance={"scalars": 0})
     ea.Reload()
-    out = {key: {str(e.step): e.value for e in ea.Scalars(f"eval/{key}")} for key in ("elbo_bpd", "kl_nats")}
+    out = {tag[5:]: {str(e.step): e.value for e in ea.Scalars(tag)} for tag in ea.Tags()["scalars"] if tag.startswith("eval/")}
     out["step"] = max(e.step for key in ("train/elbo_bpd", "eval/elbo_bpd") for e in ea.Scalars(key))
     dest = Path(__file__).resolve().parent / "results" / (a.name or a.run.name) / "curve.json"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,11 @@
 For every Glow level l of a hierarchical model, the log-likelihood term of that level's prior (the split
 half factored out at level l, or the top latent), in bits per image dim, with the codes at their posterior
 means, and again with z_l alone re-drawn from its prior p(z_l | z_{l+1}) (every other code, the
-dequantisation and the image held). The gain (second minus first) is what z_l tells the flow about that
-level's factored-out half beyond what the kept half (and z, z_{l+1}) already predict; z_l's KL is what it
-costs. A level whose gain stays below its KL is cheaper to leave unused: the optimiser collapses it.
+dequantisation and the image held), and with z_l replaced by another test image's posterior mean. The
+first gain is what z_l's posterior mean is worth against a draw from its prior; the second, the part of it
+that is about this image (a code whose posterior mean is the same offset for every image gains nothing
+there). z_l's KL is what it costs; a level whose image-specific gain stays below its KL is cheaper to leave
+unused, and the optimiser collapses it.
 
     PYTHONPATH=. python experiments/hierarchy_full/mechanism.py --models RUN_DIR [RUN_DIR ...] \
         --images 1000 --json experiments/hierarchy_full/results/mechanism.json
@@ -57,11 +59,16 @@ def measure(model, x: torch.Tensor, seed: int) -> dict:
         redrawn = model.latents.unflatten(model.resample_code(flat, lvl, generator=g))
         post_l = {name: (redrawn[name], ls) for name, (_, ls) in post.items()}
         moved = prior_terms(model, x_int, post_l)
+        name = f"level{lvl}"  # another test image's posterior mean of z_l: the image-specific part alone
+        post_o = {n: ((mu.roll(1, 0) if n == name else mu), ls) for n, (mu, ls) in post.items()}
+        other = prior_terms(model, x_int, post_o)
         out["levels"].append({
             "level": lvl,
             "prior_term_bpd": float(-base[lvl].mean() * to_bpd),
             "prior_term_bpd_z_redrawn": float(-moved[lvl].mean() * to_bpd),
             "gain_bpd": float((base[lvl] - moved[lvl]).mean() * to_bpd),
+            "prior_term_bpd_other_image_z": float(-other[lvl].mean() * to_bpd),
+            "own_image_gain_bpd": float((base[lvl] - other[lvl]).mean() * to_bpd),
             "whole_flow_gain_bpd": float((sum(base) - sum(moved)).mean() * to_bpd),
             "kl_bpd": float(kl[f"level{lvl}"][0].mean() * to_bpd),
         })
@@ -86,10 +93,11 @@ def main() -> None:
         results[name] = r = measure(model, x, a.seed)
         r["split_prior"] = getattr(cfg.model, "split_prior", "kept")
         print(f"{name} (split prior reads: {r['split_prior']})")
-        print("  level  prior term bpd  z_l re-drawn  gain of z_l  (whole flow)  KL of z_l bpd")
+        print("  level  prior term bpd  z_l re-drawn  gain  (whole flow)  another image's z_l  gain  KL of z_l bpd")
         for v in r["levels"]:
             print(f"  {v['level']:5d}  {v['prior_term_bpd']:14.4f}  {v['prior_term_bpd_z_redrawn']:12.4f}  "
-                  f"{v['gain_bpd']:11.4f}  {v['whole_flow_gain_bpd']:12.4f}  {v['kl_bpd']:13.4f}")
+                  f"{v['gain_bpd']:.4f}  {v['whole_flow_gain_bpd']:12.4f}  {v['prior_term_bpd_other_image_z']:19.4f}  "
+                  f"{v['own_image_gain_bpd']:.4f}  {v['kl_bpd']:13.4f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(results, indent=1))

@@ -26,14 +26,25 @@ def files(run: str) -> dict:
     return {k: _load(d / f"{k}.json") for k in ("eval", "analysis", "mechanism", "curve")}
 
 
+def _cell(c: dict, key: str, s: int, fmt: str) -> str:
+    v = c.get(key, {}).get(str(s))
+    return "-" if v is None else ("inf" if v == float("inf") or v > 1e6 else format(v, fmt))
+
+
 def curve_table(data: dict) -> list[str]:
     steps = sorted({int(s) for f in data.values() if f["curve"] for s in f["curve"]["elbo_bpd"]})
     steps = [s for s in steps if s % 2000 == 0 or s == max(steps)]
-    rows = ["| run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    rows = ["| run | quantity | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for run, f in data.items():
-        if f["curve"]:
-            c = f["curve"]["elbo_bpd"]
-            rows.append(f"| {run} | " + " | ".join(f"{c[str(s)]:.4f}" if str(s) in c else "-" for s in steps) + " |")
+        c = f["curve"]
+        if not c:
+            continue
+        for key, what, fmt in (("elbo_bpd", "elbo_bpd", ".4f"), ("kl_level0_nats", "KL of z_0, nats", ".1f"),
+                               ("active_units_level0", "active units of z_0 (of 392)", ".0f"),
+                               ("active_units_level1", "active units of z_1 (of 98)", ".0f"),
+                               ("active_units", "active units of z (of 64)", ".0f")):
+            if key in c:
+                rows.append(f"| {run} | {what} | " + " | ".join(_cell(c, key, s, fmt) for s in steps) + " |")
     return rows
 
 
@@ -67,7 +78,7 @@ def mechanism_table(data: dict) -> list[str]:
 
 def main() -> None:
     data = {run: files(run) for run in RUNS}
-    for title, rows in (("Test elbo_bpd on the first 1,000 test images during training", curve_table(data)),
+    for title, rows in (("Periodic evaluations during training (first 1,000 test images)", curve_table(data)),
                         ("At the last scored checkpoint", final_table(data)),
                         ("What each level code buys in its own prior term (mechanism.py, 1,000 test images)",
                          mechanism_table(data))):
