@@ -402,6 +402,15 @@ class Train(Command):
         return 0
 
 
+def _report(job: "Job", res: dict, table: str) -> None:
+    """A command's results: the JSON file named by --out, then the table and where the file went."""
+    from .engine.evaluate import write_json
+
+    write_json(res, job.out["--out"])
+    print(table)
+    print(f"written to {job.out['--out']}")
+
+
 @register
 class Evaluate(ModelCommand):
     name = "evaluate"
@@ -429,7 +438,7 @@ class Evaluate(ModelCommand):
     def work(self, job):
         from .data import load_dataset
         from .engine import distributed as D
-        from .engine.evaluate import evaluate, format_table, write_json
+        from .engine.evaluate import evaluate, format_table
 
         args, cfg = job.args, job.cfg
         ds = load_dataset(cfg.data, cfg.model, args.split)
@@ -442,9 +451,7 @@ class Evaluate(ModelCommand):
             D.teardown(info)
         if info.is_main:
             res.update(checkpoint=str(args.checkpoint), split=args.split, processes=info.world_size)
-            write_json(res, job.out["--out"])
-            print(format_table(res))
-            print(f"written to {job.out['--out']}")
+            _report(job, res, format_table(res))
 
 
 @register
@@ -636,7 +643,6 @@ class Analyze(ModelCommand):
     def work(self, job):
         from .data import load_dataset
         from .engine.analyze import analyze, format_analysis
-        from .engine.evaluate import write_json
 
         a, cfg = job.args, job.cfg
         res = analyze(job.model, load_dataset(cfg.data, cfg.model, "train"), load_dataset(cfg.data, cfg.model, "test"),
@@ -644,9 +650,7 @@ class Analyze(ModelCommand):
                       pairs=a.pairs, probe_train=a.probe_train, probe_test=a.probe_test, kl_images=a.kl_images,
                       seed=a.seed, progress=not a.no_progress)
         res["checkpoint"] = str(a.checkpoint)
-        write_json(res, job.out["--out"])
-        print(format_analysis(res))
-        print(f"written to {job.out['--out']}")
+        _report(job, res, format_analysis(res))
 
 
 @register
@@ -874,7 +878,6 @@ class Fid(ModelCommand):
     def work(self, job):
         from .data import load_dataset
         from .engine.analyze import load_or_train_classifier
-        from .engine.evaluate import write_json
         from .engine.fid import format_fid, sample_fid
 
         a, cfg = job.args, job.cfg
@@ -885,9 +888,7 @@ class Fid(ModelCommand):
         n = min(a.n, len(test)) if a.n else len(test)
         res = sample_fid(job.model, test, judge, a.temperatures, n, seed=a.seed, progress=not a.no_progress)
         res.update(checkpoint=str(a.checkpoint), classifier=how, classifier_test_acc=acc)
-        write_json(res, job.out["--out"])
-        print(format_fid(res))
-        print(f"written to {job.out['--out']}")
+        _report(job, res, format_fid(res))
 
 
 @register
