@@ -865,15 +865,27 @@ class Fid(ModelCommand):
         p.add_argument("--temperatures", type=_temperatures, default=[0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
                        help="comma-separated temperatures of the local code (default: 0.5,0.6,...,1.0)")
         p.add_argument("--n", type=NON_NEGATIVE, default=0, help="samples and test images per set (default: 0, the whole test set)")
+        p.add_argument("--inception-weights", metavar="PATH", default=None,
+                       help="the usual FID instead: the Inception v3 weights file (torch-fidelity's "
+                            "pt_inception-2015-12-05 .pth); needs torch-fidelity; no judge is used")
 
     def outputs(self, job):
-        return super().outputs(job) + classifier_output(job)
+        return super().outputs(job) + ([] if job.args.inception_weights else classifier_output(job))
 
     def check(self, job):
         try:
             import torchmetrics  # noqa: F401  (an optional dependency)
         except ImportError:
             raise UsageError("flowvae fid needs torchmetrics: pip install torchmetrics") from None
+        w = job.args.inception_weights
+        if w is not None:
+            if not Path(w).is_file():
+                raise UsageError(f"--inception-weights {w}: no such file (the Inception v3 weights of the usual "
+                                 f"FID, torch-fidelity's pt_inception-2015-12-05 .pth)")
+            try:
+                import torch_fidelity  # noqa: F401  (torchmetrics' Inception extractor comes from it)
+            except ImportError:
+                raise UsageError("the Inception FID needs torch-fidelity: pip install torch-fidelity") from None
 
     def work(self, job):
         from .data import load_dataset
@@ -881,11 +893,16 @@ class Fid(ModelCommand):
         from .engine.fid import format_fid, sample_fid
 
         a, cfg = job.args, job.cfg
-        clf = Path(a.classifier) if a.classifier else None
         test = load_dataset(cfg.data, cfg.model, "test")
+        n = min(a.n, len(test)) if a.n else len(test)
+        if a.inception_weights:
+            res = sample_fid(job.model, test, None, a.temperatures, n, seed=a.seed, progress=not a.no_progress,
+                             inception_weights=a.inception_weights)
+            res.update(checkpoint=str(a.checkpoint), inception_weights=str(a.inception_weights))
+            return _report(job, res, format_fid(res))
+        clf = Path(a.classifier) if a.classifier else None
         train = load_dataset(cfg.data, cfg.model, "train") if clf is None or not clf.exists() else None
         judge, acc, how = load_or_train_classifier(clf, train, test, a.classifier_epochs, a.seed, not a.no_progress)
-        n = min(a.n, len(test)) if a.n else len(test)
         res = sample_fid(job.model, test, judge, a.temperatures, n, seed=a.seed, progress=not a.no_progress)
         res.update(checkpoint=str(a.checkpoint), classifier=how, classifier_test_acc=acc)
         _report(job, res, format_fid(res))

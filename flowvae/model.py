@@ -39,7 +39,8 @@ class FlowVAE(nn.Module):
         self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.level_steps or cfg.steps, cfg.hidden, cond_dim=z_dim,
                                     cond_map_channels=maps, clamp=cfg.coupling_clamp,
                                     zmap_channels=cfg.z_maps if z_dim else 0, kernels=cfg.coupling_kernels or 3,
-                                    shift_clamp=cfg.shift_clamp, split_reads_kept=cfg.split_prior == "kept")
+                                    shift_clamp=cfg.shift_clamp, split_reads_kept=cfg.split_prior == "kept",
+                                    base_tail=cfg.base_tail)
         self.glow.set_coupling_impl(cfg.coupling_impl)
         self.latents: Latents = structure(cfg, self.image_shape, self.glow.level_shapes())
         if cfg.dequantization == "uniform":
@@ -289,7 +290,8 @@ class FlowVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, z_temperature: float = 1.0, batch: int = SAMPLE_BATCH,
                progress: Optional[bool] = None) -> Tensor:
-        """n uint8 samples: z ~ p(z) at z_temperature, eps ~ N(0, temperature^2 I), drawn and decoded
+        """n uint8 samples: z ~ p(z) at z_temperature, eps from the flow's base (N(0, I), or with
+        ``model.base_tail`` its heavy-tailed form) scaled by temperature, drawn and decoded
         ``batch`` images at a time (the same seed and batch give the same images). The output's memory is
         checked up front: a request that cannot fit is refused with its size. ``progress`` shows a progress
         bar (default: when more than 8 batches)."""
@@ -309,7 +311,7 @@ class FlowVAE(nn.Module):
             m = min(batch, n - i)
             with torch.autocast(self.device.type, enabled=False):  # z from the prior in float32, like decode
                 z = self.sample_code(m, z_temperature) if self.hybrid else None
-            eps = temperature * torch.randn(m, *self.image_shape, device=self.device)
+            eps = temperature * self.glow.base.sample((m, *self.image_shape), device=self.device)
             out[i : i + m] = self.decode(z, eps)
             bar.update(m)
         bar.close()

@@ -98,3 +98,56 @@ def test_fid_command_writes_json_and_caches_the_judge(tiny_run, tmp_path, capsys
     # a one-line usage error, exit code 2
     assert main(["fid", "--checkpoint", str(tiny_run), "--temperatures", "0.7,x", "--out", str(out)]) == 2
     assert "expected a number" in capsys.readouterr().err
+
+
+class _FakeFID:
+    """Stands in for torchmetrics' FrechetInceptionDistance: records how it is built and what it is fed."""
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.fed = kwargs, []
+        _FakeFID.made.append(self)
+
+    def update(self, x, real):
+        self.fed.append((tuple(x.shape), x.dtype, real))
+
+    def reset(self):
+        pass
+
+    def compute(self):
+        return torch.tensor(float(len(self.fed)))
+
+
+def test_inception_weights_give_the_usual_fid_on_three_channels(tiny_run, tmp_path, monkeypatch):
+    import torchmetrics.image.fid as tm_fid
+    from flowvae.checkpoint import load_checkpoint
+    from flowvae.data import load_dataset
+
+    monkeypatch.setattr(tm_fid, "FrechetInceptionDistance", _FakeFID)
+    _FakeFID.made.clear()
+    model, cfg, _ = load_checkpoint(tiny_run)
+    test = load_dataset(cfg.data, cfg.model, "test")
+    weights = tmp_path / "pt_inception.pth"
+    res = sample_fid(model, test, None, [1.0], n=20, batch_size=8, progress=False, inception_weights=str(weights))
+    (metric,) = _FakeFID.made
+    assert metric.kwargs["feature"] == 2048 and metric.kwargs["feature_extractor_weights_path"] == str(weights)
+    assert res["features"] == "inception"
+    assert {real for _, _, real in metric.fed} == {True, False}
+    assert all(shape[1] == 3 and dtype == torch.uint8 for shape, dtype, _ in metric.fed)  # grey repeated to RGB
+    assert sum(shape[0] for shape, _, real in metric.fed if real) == 20
+    with pytest.raises(ValueError, match="judge CNN or the Inception weights"):
+        sample_fid(model, test, None, [1.0], n=20, progress=False)
+
+
+def test_inception_weights_that_are_missing_or_unusable_are_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    base = ["fid", "--checkpoint", str(tiny_run), "--n", "8", "--no-progress", "--out", str(tmp_path / "f.json")]
+    assert main(base + ["--inception-weights", str(tmp_path / "nope.pth")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"0")
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # not installed
+    assert main(base + ["--inception-weights", str(weights)]) == 2
+    assert "pip install torch-fidelity" in capsys.readouterr().err
+    assert not (tmp_path / "f.json").exists()

@@ -12,7 +12,7 @@ RESULTS = HERE / "results"
 GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the same recipe (pretrained:fashion_mnist)
 RUNS = {"global": "global code only (pretrained:fashion_mnist)", "hier_fb": "+ z_l per level, free bits, KL warm-up",
         "hier_code": "hier_fb, split priors read the codes alone",
-        "hier_small": "pretrained:fashion_mnist_hierarchical (2 x 2 x 32 flow; mechanism only)"}
+        "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
 def _load(path: Path):

@@ -10,12 +10,15 @@ Local Nash Equilibrium" (FID): fit a Gaussian to the features of each set and ta
 ``FrechetInceptionDistance`` with the judge's penultimate layer (128 features after the ReLU) as its
 feature extractor, so no Inception weights are needed and nothing is downloaded. The numbers are not
 comparable to a published (Inception) FID: they compare models judged by the same classifier file.
+Where the user has the Inception v3 weights of the usual FID (torch-fidelity's ``pt_inception-2015-12-05``
+file, passed as ``inception_weights``), the same code computes the usual FID with torchmetrics' own Inception
+extractor instead (grey images repeated to three channels, resized to 299 by torchmetrics).
 The test images' features are computed once and reused across temperatures.
 """
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,19 +48,25 @@ class JudgeFeatures(nn.Module):
         return self.body(x_uint8.float() / 255.0 - 0.5)
 
 
-def _metric(judge: SmallCNN):
+def _metric(judge: Optional[SmallCNN], inception_weights: Optional[str] = None):
+    """The judge's features, or with ``inception_weights`` (a file) torchmetrics' Inception v3 (2048 features)."""
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError:  # an optional dependency: say how to get it instead of a traceback
         raise ImportError("the Fréchet distance needs torchmetrics: pip install 'flowvae[quality]' "
                           "(or pip install torchmetrics)") from None
+    if inception_weights is not None:
+        return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(inception_weights),
+                                        reset_real_features=False)
     return FrechetInceptionDistance(feature=JudgeFeatures(judge), reset_real_features=False)
 
 
-def _update(metric, batches: Iterable[Tensor], real: bool) -> int:
+def _update(metric, batches: Iterable[Tensor], real: bool, rgb: bool = False) -> int:
+    """Feed uint8 batches; ``rgb`` repeats grey images to the three channels Inception takes."""
     n = 0
     for x in batches:
-        metric.update(x.cpu(), real=real)
+        x = x.cpu()
+        metric.update(x.expand(-1, 3, -1, -1) if rgb and x.shape[1] == 1 else x, real=real)
         n += x.shape[0]
     return n
 
@@ -83,35 +92,41 @@ def frechet_distance(judge: SmallCNN, a: Iterable[Tensor], b: Iterable[Tensor]) 
 
 
 @torch.no_grad()
-def sample_fid(model: FlowVAE, dataset, judge: SmallCNN, temperatures: Sequence[float] = (1.0,), n: int = 10000,
-               batch_size: int = 250, seed: int = 0, progress: bool = True) -> dict:
+def sample_fid(model: FlowVAE, dataset, judge: Optional[SmallCNN], temperatures: Sequence[float] = (1.0,),
+               n: int = 10000, batch_size: int = 250, seed: int = 0, progress: bool = True,
+               inception_weights: Optional[str] = None) -> dict:
     """The Fréchet distance between ``n`` samples at each temperature (of the local code eps; the global
     code at temperature 1, as ``flowvae sample`` draws it) and the first ``n`` images of ``dataset``.
     Returns ``{"n", "seed", "fid": {T: distance}, "best_temperature", "best_fid", "seconds"}``. The draws
     are seeded per temperature (the same ``seed`` and ``batch_size`` give the same samples) and the
-    caller's random state is left untouched."""
+    caller's random state is left untouched. With ``inception_weights`` the features are Inception v3's (the
+    usual FID) and ``judge`` is not used; the result says which (``features``)."""
     if n < 2 or n > len(dataset):
         raise ValueError(f"n must be in 2..{len(dataset)} (the images of the reference set), got {n}")
     if not temperatures:
         raise ValueError("give at least one temperature")
     start = time.time()
     model.eval()
-    metric = _metric(judge)
-    _update(metric, _test_batches(dataset, n, batch_size), real=True)
+    if judge is None and inception_weights is None:
+        raise ValueError("give the judge CNN or the Inception weights to take the features from")
+    rgb = inception_weights is not None
+    metric = _metric(judge, inception_weights)
+    _update(metric, _test_batches(dataset, n, batch_size), real=True, rgb=rgb)
     fids = {}
     for t in temperatures:
         metric.reset()  # the fake features only (reset_real_features=False)
         bar = Progress(total=n, desc=f"fid T={t:g}", unit="img", enabled=progress, leave=False)
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            _update(metric, _sample_batches(model, n, t, batch_size, bar), real=False)
+            _update(metric, _sample_batches(model, n, t, batch_size, bar), real=False, rgb=rgb)
         bar.close()
         fids[float(t)] = float(metric.compute())
     best = min(fids, key=fids.get)
-    return {"n": n, "seed": seed, "fid": fids, "best_temperature": best, "best_fid": fids[best],
-            "seconds": round(time.time() - start, 2)}
+    return {"n": n, "seed": seed, "features": "inception" if rgb else "judge", "fid": fids,
+            "best_temperature": best, "best_fid": fids[best], "seconds": round(time.time() - start, 2)}
 
 
 def format_fid(res: dict) -> str:
     rows = [f"  T={t:<5g} {d:10.4f}" + ("   <- best" if t == res["best_temperature"] else "") for t, d in res["fid"].items()]
-    return f"Fréchet distance in the judge's features, {res['n']} samples vs {res['n']} test images\n" + "\n".join(rows)
+    where = "Inception v3's features (the usual FID)" if res.get("features") == "inception" else "the judge's features"
+    return f"Fréchet distance in {where}, {res['n']} samples vs {res['n']} test images\n" + "\n".join(rows)

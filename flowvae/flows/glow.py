@@ -31,7 +31,8 @@ from .actnorm import ActNorm
 from .base import Cond, FlowLayer, logdet_dtype
 from .coupling import AffineCoupling
 from .invconv import InvConv1x1
-from .priors import GaussianizeSplit, GaussianizeTop, standard_normal_logprob
+from .priors import GaussianizeSplit, GaussianizeTop
+from .tails import base_density
 from .recompute import MEMORY_MODES, run_steps
 from .squeeze import squeeze2x2, unsqueeze2x2
 
@@ -106,6 +107,7 @@ class ConditionalGlow(nn.Module):
         kernels: Union[int, Sequence[int]] = 3,
         shift_clamp: float = 0.0,
         split_reads_kept: bool = True,
+        base_tail: float = 0.0,
     ):
         super().__init__()
         c, h, w = image_shape
@@ -119,6 +121,7 @@ class ConditionalGlow(nn.Module):
             raise ValueError("zmap_channels needs a global code (cond_dim > 0)")
         self.image_shape = (c, h, w)
         self.levels = levels
+        self.base = base_density(base_tail)  # what eps is scored under and drawn from (tails.py)
         self.level_steps = nn.ModuleList()
         self.priors = nn.ModuleList()
         self.kept_channels: list[int] = []
@@ -196,7 +199,7 @@ class ConditionalGlow(nn.Module):
     def log_prob(self, y: Tensor, z: Optional[Tensor] = None, maps: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor]:
         """Returns ``(log p(y | z), eps)``."""
         eps, logdet = self.forward(y, z, maps)
-        return standard_normal_logprob(eps) + logdet, eps
+        return self.base.log_prob(eps) + logdet, eps
 
     def level_shapes(self) -> list[tuple[int, int, int]]:
         """(C, H, W) of the tensor each level's steps act on."""
