@@ -2,7 +2,7 @@
 
 Scoring ``h`` under ``N(mu, sigma^2)`` equals standardising it,
 ``eps = (h - mu) / sigma`` (log-det ``-sum log sigma``), then scoring ``eps``
-under ``N(0, I)``. Writing the priors this way makes the whole Glow one
+under ``N(0, I)`` (or the base with linear tails of tails.py, ``model.base_tail``). Writing the priors this way makes the whole Glow one
 bijection ``y -> eps`` whose log-det tests can check, and makes ``eps`` the
 local code: decoding keeps ``eps`` and recomputes ``mu, sigma`` from the new
 global code, which is what a swap needs.
