@@ -46,7 +46,7 @@ class ModelConfig:
     hier_prior: str = "normal"      # hierarchical: p(z_l) = N(0, I) (normal) | top-down p(z_l | z_{l+1}) (topdown)
     hier_hidden: int = 32           # hierarchical: width of the top-down prior networks
     split_prior: str = "kept"       # each split prior reads the kept half and the codes (kept) | the codes alone (code)
-    base_tail: float = 0.0          # the code eps's density: N(0, I) (0), or normal with linear tails beyond |eps| = k (k >= 1)
+    base_tail: float = 0.0          # the code eps's density: N(0, I) (0), or normal with linear tails beyond |eps| = k (k > 0)
     encoder_width: int = 64
     encoder_blocks: int = 1         # residual blocks per resolution
     prior: str = "normal"           # normal (analytic KL) | flow (normflows RealNVP, Monte-Carlo KL)
@@ -328,8 +328,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.image_size {h}x{w} must be divisible by 2**levels = {2**m.levels}")
     if m.shift_clamp < 0:
         raise ConfigError(f"model.shift_clamp must be >= 0 (0 = unbounded shifts), got {m.shift_clamp}")
-    if m.base_tail != 0 and not m.base_tail >= 1:
-        raise ConfigError(f"model.base_tail must be 0 (a normal base) or >= 1 (linear tails beyond |eps| = k), "
+    if not m.base_tail >= 0:
+        raise ConfigError(f"model.base_tail must be 0 (a normal base) or > 0 (linear tails beyond |eps| = k), "
                           f"got {m.base_tail}")
     if m.type == "hybrid" and m.z_dim < 1:
         raise ConfigError("model.z_dim must be >= 1 for a hybrid model")
