@@ -1,4 +1,6 @@
-"""The table of experiments/global_swap/README.md from results/eval_<run>.json and results/analysis_<run>.json.
+"""The tables of experiments/global_swap/README.md: the runs' bound and swap (results/eval_<run>.json,
+results/analysis_<run>.json), then the from-scratch runs' periodic evaluations against the base run's
+(results/curves/<run>/curve.json, written by experiments/hierarchy_full/curve.py RUN --out results/curves).
 
     python experiments/global_swap/table.py
 """
@@ -12,7 +14,9 @@ BASE = HERE.parent / "bounded_flow" / "results"  # the 9,172-step run both conti
 RUNS = [("base", "the 9,172-step run (pretrained:fashion_mnist)", BASE / "eval_shiftclamp8.json", BASE / "analysis_shiftclamp8.json")]
 RUNS += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results" / f"analysis_{run}.json") for run, what in
          (("more", "+2,000 steps, KL weight 1 (the control)"), ("b03", "+2,000 steps, KL weight 0.3"),
-          ("b01", "+2,000 steps, KL weight 0.1"), ("b01_long", "+4,000 steps, KL weight 0.1"))]
+          ("b01", "+2,000 steps, KL weight 0.1"), ("b01_long", "+4,000 steps, KL weight 0.1"),
+          ("b03_scratch", "from step 0, KL weight 0.3, 9,172 steps"),
+          ("b01_scratch", "from step 0, KL weight 0.1, 9,172 steps (gradient clip 10 from step 2,500, after a divergence)"))]
 
 
 def main() -> None:
@@ -32,5 +36,25 @@ def main() -> None:
               f"{a['resample']['global']['class_change']['cnn']:.3f} |")
 
 
+CURVES = [("base (KL weight 1)", HERE.parent / "hierarchy_full" / "results" / "global" / "curve.json", BASE / "eval_shiftclamp8.json"),
+          ("b03_scratch (KL weight 0.3)", HERE / "results" / "curves" / "b03_scratch" / "curve.json", None),
+          ("b01_scratch (KL weight 0.1)", HERE / "results" / "curves" / "b01_scratch" / "curve.json",
+           HERE / "results" / "eval_b01_scratch.json")]
+
+
+def curves() -> None:
+    steps = ["2000", "4000", "6000", "8000"]
+    print("| run | " + " | ".join(f"step {int(s):,}" for s in steps) + " | last step trained | end (10,000 images) | KL nats at the end |")
+    print("|---|" + "---|" * (len(steps) + 3))
+    for name, cv, ev in CURVES:
+        c = json.loads(cv.read_text())
+        cells = [f"{c['elbo_bpd'][s]:.4f} ({c['kl_nats'][s]:.0f} nats)" if s in c["elbo_bpd"] else "-" for s in steps]
+        e = json.loads(ev.read_text()) if ev is not None else None
+        end = (f"{e['elbo_bpd']:.4f}", f"{e['kl_nats']:.1f}") if e else ("diverged", "-")
+        print(f"| {name} | " + " | ".join(cells) + f" | {c['step']:,} | {end[0]} | {end[1]} |")
+
+
 if __name__ == "__main__":
     main()
+    print()
+    curves()

@@ -1,7 +1,7 @@
 """A run's periodic test evaluations (its TensorBoard eval/* scalars: the bound, KL and active units per
-latent group) as results/<run>/curve.json.
+latent group) as results/<run>/curve.json (or under --out).
 
-    python experiments/hierarchy_full/curve.py RUN_DIR [--name NAME]
+    python experiments/hierarchy_full/curve.py RUN_DIR [--name NAME] [--out DIR]
 """
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--name", default=None, help="folder under results/ (default: the run's folder name)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                    help="where the run's folder goes (default: this study's results/)")
     a = ap.parse_args()
     ea = EventAccumulator(str(a.run / "tb"), size_guidance={"scalars": 0})
     ea.Reload()
     out = {tag[5:]: {str(e.step): e.value for e in ea.Scalars(tag)} for tag in ea.Tags()["scalars"] if tag.startswith("eval/")}
     out["step"] = max(e.step for key in ("train/elbo_bpd", "eval/elbo_bpd") for e in ea.Scalars(key))
-    dest = Path(__file__).resolve().parent / "results" / (a.name or a.run.name) / "curve.json"
+    dest = a.out / (a.name or a.run.name) / "curve.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=1))
     print(f"written to {dest}")
