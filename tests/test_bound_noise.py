@@ -45,6 +45,7 @@ def images():
 @pytest.mark.parametrize("name,normal_base", [
     ("fashion_mnist", False),
     ("fashion_mnist_hierarchical", False),
+    ("fashion_mnist_levels", False),
     # measured with these draws: test image 6573 spans 76.30..100.97 (the first hierarchical weights: 15.54..256.54)
     pytest.param("fashion_mnist_hierarchical", True, marks=_old("a normal base multiplies each move of eps by eps")),
 ])

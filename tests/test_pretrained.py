@@ -3,6 +3,7 @@ its metrics file describes (a fresh model would score ~8 bits/dim), and its code
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,13 +64,13 @@ def test_retired_names_say_what_to_use(old, new, tmp_path, capsys):
 def test_every_shipped_model_says_what_it_is_and_how_it_was_trained():
     from flowvae.pretrained import info
 
-    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical"]
+    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical", "fashion_mnist_levels"]
     for name in available():
         meta = info(name)
         assert meta["description"] and meta["trained_by"] and meta["eval_full"]["images"] == 10000
 
 
-@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2)])
+@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2), ("fashion_mnist_levels", 2)])
 def test_shipped_models_in_todays_layout(name, levels, sample_test):
     """Every shipped model: written with today's parameter names (one module per latent group), trained
     (a fresh model scores ~8 bits/dim), exact, and every latent group re-drawable."""
@@ -88,3 +89,19 @@ def test_shipped_models_in_todays_layout(name, levels, sample_test):
     assert res["elbo_bpd"] < 4.8 and abs(res["elbo_bpd"] - meta["eval_full"]["elbo_bpd"]) < 0.2
     for group in ["global"] + list(range(levels)):
         assert not torch.equal(model.resample_level(x[:4], group, generator=torch.Generator().manual_seed(0)), x[:4])
+
+
+@pytest.mark.parametrize("name,config", [("fashion_mnist_hierarchical", "fashion_mnist_hierarchical.yaml"),
+                                         ("fashion_mnist_levels", "fashion_mnist_levels.yaml")])
+def test_shipped_models_were_trained_by_their_config(name, config):
+    """The config file a shipped model names in trained_by gives its model and loss (and the step count)."""
+    from flowvae.pretrained import info
+
+    meta = info(name)
+    assert f"configs/{config}" in meta["trained_by"]
+    want = load_config(Path(__file__).resolve().parents[1] / "configs" / config).to_dict()
+    shipped = load_config(None, []).to_dict()
+    for section in ("model", "loss"):
+        shipped[section].update(meta["config"][section])
+        assert shipped[section] == want[section], section
+    assert meta["step"] == want["train"]["max_steps"]

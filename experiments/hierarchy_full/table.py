@@ -12,6 +12,7 @@ RESULTS = HERE / "results"
 GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the same recipe (pretrained:fashion_mnist)
 RUNS = {"global": "global code only (pretrained:fashion_mnist)", "hier_fb": "+ z_l per level, free bits, KL warm-up",
         "hier_code": "hier_fb, split priors read the codes alone",
+        "hier_c1": "hier_fb with one channel per level code (z_0 196, z_1 49 dims)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
@@ -41,8 +42,9 @@ def curve_table(data: dict) -> list[str]:
         if not c:
             continue
         for key, what, fmt in (("elbo_bpd", "elbo_bpd", ".4f"), ("kl_level0_nats", "KL of z_0, nats", ".1f"),
-                               ("active_units_level0", "active units of z_0 (of 392)", ".0f"),
-                               ("active_units_level1", "active units of z_1 (of 98)", ".0f"),
+                               ("kl_level1_nats", "KL of z_1, nats", ".1f"), ("kl_global_nats", "KL of z, nats", ".1f"),
+                               ("active_units_level0", "active units of z_0", ".0f"),
+                               ("active_units_level1", "active units of z_1", ".0f"),
                                ("active_units", "active units of z (of 64)", ".0f")):
             if key in c:
                 rows.append(f"| {run} | {what} | " + " | ".join(_cell(c, key, s, fmt) for s in steps) + " |")
