@@ -19,7 +19,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                     help="where the run's folder goes (default: this study's results/)")
     a = ap.parse_args()
-    ea = EventAccumulator(str(a.run / "tb"), size_guidance={"scalars": 0})
+    # keep every event file of a resumed run (by default a restart at a lower step discards the later steps of
+    # the files before it); where a step repeats, the latest value wins
+    ea = EventAccumulator(str(a.run / "tb"), size_guidance={"scalars": 0}, purge_orphaned_data=False)
     ea.Reload()
     out = {tag[5:]: {str(e.step): e.value for e in ea.Scalars(tag)} for tag in ea.Tags()["scalars"] if tag.startswith("eval/")}
     out["step"] = max(e.step for key in ("train/elbo_bpd", "eval/elbo_bpd") for e in ea.Scalars(key))
