@@ -39,6 +39,7 @@ class ModelConfig:
     hidden: int = 128               # coupling network width
     coupling_clamp: float = 2.0     # |log scale| bound of each coupling
     shift_clamp: float = 0.0        # soft |shift| bound of each coupling, b*tanh(shift/b) (0 = unbounded, older models)
+    coupling_scale: str = "tanh"    # each coupling's log-scale: c*tanh(raw/c) (tanh) | Glow's sigmoid scale, in (-c, 0) (sigmoid)
     z_dim: int = 64                 # global code size
     z_maps: int = 0                 # channels of a spatial map decoded from z for every level (0 = z as a channel bias only)
     injection: str = "global"       # global (z only) | hierarchical (z plus a spatial z_l per Glow level)
@@ -310,6 +311,7 @@ def validate(cfg: Config) -> None:
                "model.hier_prior": (m.hier_prior, ("normal", "topdown")),
                "model.split_prior": (m.split_prior, ("kept", "code")),
                "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
+               "model.coupling_scale": (m.coupling_scale, ("tanh", "sigmoid")),
                "train.memory": (cfg.train.memory, ("standard", "recompute", "checkpoint")),
                "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
                "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "cosine")),

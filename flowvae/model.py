@@ -39,7 +39,8 @@ class FlowVAE(nn.Module):
         self.glow = ConditionalGlow(self.image_shape, cfg.levels, cfg.level_steps or cfg.steps, cfg.hidden, cond_dim=z_dim,
                                     cond_map_channels=maps, clamp=cfg.coupling_clamp,
                                     zmap_channels=cfg.z_maps if z_dim else 0, kernels=cfg.coupling_kernels or 3,
-                                    shift_clamp=cfg.shift_clamp, split_reads_kept=cfg.split_prior == "kept",
+                                    shift_clamp=cfg.shift_clamp, coupling_scale=cfg.coupling_scale,
+                                    split_reads_kept=cfg.split_prior == "kept",
                                     base_tail=cfg.base_tail)
         self.glow.set_coupling_impl(cfg.coupling_impl)
         self.latents: Latents = structure(cfg, self.image_shape, self.glow.level_shapes())

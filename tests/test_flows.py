@@ -74,6 +74,9 @@ CASES = {
     "coupling_vec_map": Case(lambda: AffineCoupling(4, 8, DV, CM), (4, 4, 4), vec=True, map=[CM]),
     # a soft-bounded shift, small enough that the randomised networks drive it into tanh's curved part
     "coupling_shift_clamp": Case(lambda: AffineCoupling(4, 8, DV, shift_clamp=0.3), (4, 4, 4), vec=True),
+    # Glow's sigmoid scale (model.coupling_scale=sigmoid): log_s in (-clamp, 0), a non-expanding coupling
+    "coupling_sigmoid_scale": Case(lambda: AffineCoupling(4, 8, DV, shift_clamp=0.3, scale="sigmoid"), (4, 4, 4),
+                                   vec=True),
     "split": Case(lambda: GaussianizeSplit(4), (4, 4, 4)),
     "split_vec": Case(lambda: GaussianizeSplit(4, cond_dim=DV), (4, 4, 4), vec=True),
     "split_vec_map": Case(lambda: GaussianizeSplit(4, DV, CM), (4, 4, 4), vec=True, map=[CM]),
@@ -99,6 +102,8 @@ CASES = {
                                                             kernels=[3, 1]), (1, 8, 8), vec=True, glow=True, std=0.1),
     "glow_shift_clamp": Case(lambda: ConditionalGlow((1, 8, 8), 2, 2, 8, cond_dim=DV, shift_clamp=0.3),
                              (1, 8, 8), vec=True, glow=True, std=0.1),
+    "glow_sigmoid_scale": Case(lambda: ConditionalGlow((1, 8, 8), 2, 2, 8, cond_dim=DV, shift_clamp=0.3,
+                                                       coupling_scale="sigmoid"), (1, 8, 8), vec=True, glow=True, std=0.1),
     "glow_split_codes_only": Case(lambda: ConditionalGlow((1, 8, 8), 2, 1, 8, cond_dim=DV, cond_map_channels=[CM, 1],
                                                           split_reads_kept=False), (1, 8, 8), vec=True, map=[CM, 1],
                                   glow=True, std=0.1),
@@ -195,10 +200,10 @@ def test_coupling_missing_cond_raises():
         layer(x, Cond(map=torch.randn(N, CM, 4, 4)))
 
 
-def _big_coupling(shift_clamp: float) -> AffineCoupling:
+def _big_coupling(shift_clamp: float, scale: str = "tanh") -> AffineCoupling:
     """A coupling whose network outputs large shifts (weights of scale 3 on a width-8 net)."""
     torch.manual_seed(0)
-    layer = AffineCoupling(4, 8, DV, shift_clamp=shift_clamp).double()
+    layer = AffineCoupling(4, 8, DV, shift_clamp=shift_clamp, scale=scale).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.copy_(torch.randn_like(p) * 3.0)
@@ -219,6 +224,28 @@ def test_shift_clamp_bounds_the_coupling_output():
     assert (y_free[:, 2:].abs() > limit).any()  # without the clamp these weights break the bound
     assert torch.equal(ld, ld_free)  # the shift has no log-det: the scales are untouched
     assert torch.equal(y[:, :2], x[:, :2])
+
+
+def test_sigmoid_scale_never_expands_the_coupling_input():
+    """With Glow's sigmoid scale and a shift bound b, |yb| <= |xb| + b for any weights: the same large
+    weights break that bound under the symmetric tanh log-scale (which may multiply by up to e^clamp)."""
+    x = torch.randn(N, 4, 4, 4, dtype=torch.float64) * 5
+    cond = Cond(vec=torch.randn(N, DV, dtype=torch.float64))
+    b = 1.5
+    sym, sig = _big_coupling(b), _big_coupling(b, "sigmoid")
+    sig.load_state_dict(sym.state_dict())
+    xb = x[:, 2:]
+    (y_sym, ld_sym), (y, ld) = sym(x, cond), sig(x, cond)
+    assert (y[:, 2:].abs() <= xb.abs() + b).all()
+    assert (y_sym[:, 2:].abs() > xb.abs() + b).any()
+    assert (ld < 0).all() and (ld > -sig.clamp * xb[0].numel()).all()  # each log-scale in (-clamp, 0)
+    assert (ld_sym > 0).any()
+    assert torch.allclose(sig.inverse(y, cond)[0], x, atol=1e-10)
+
+
+def test_sigmoid_scale_rejects_unknown_names():
+    with pytest.raises(ValueError, match="scale"):
+        AffineCoupling(4, 8, scale="exp")
 
 
 def test_shift_clamp_is_near_identity_for_small_shifts():

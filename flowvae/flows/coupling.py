@@ -11,6 +11,15 @@ far past ``b`` (an input unlike the training images) is flat in its input, so it
 small change of the input on, amplified, to the next step. 0 (the default, and every model trained
 before the key existed) leaves the shift unbounded.
 
+``scale="sigmoid"`` (``model.coupling_scale``) replaces the symmetric log-scale by Glow's sigmoid scale
+(Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018, in their released code),
+``log_s = logsigmoid(raw + 2)``, kept above ``-c`` by the same soft clamp: the scale is in
+``(e^-c, 1)``, so a coupling never expands its input. With a shift bound ``b`` it then obeys
+``|yb| <= |xb| + b`` whatever its network computes: activations can grow by at most ``b`` per coupling,
+not by a factor ``e^c``, and no input can set off a growth that feeds on itself from step to step.
+The expansion a density needs comes from the ActNorm and 1x1 layers, whose weights are the same for
+every input.
+
 Under autocast (``train.precision`` bf16/fp16) only the network runs in reduced precision: its
 output is cast to float32 (float64 for float64 inputs) before the affine map, so ``yb`` and the
 log-determinant are computed, and summed, in float32.
@@ -26,6 +35,7 @@ from torch import Tensor, nn
 from .base import Cond, FlowLayer, ZeroConv2d, logdet_dtype, sum_per_sample
 
 COUPLING_IMPLS = ("auto", "gemm", "conv")
+COUPLING_SCALES = ("tanh", "sigmoid")  # log_s = c tanh(raw / c) | c tanh(logsigmoid(raw + 2) / c), in (-c, 0)
 
 
 def _relu_grad_(grad: Tensor, out: Tensor) -> Tensor:
@@ -220,15 +230,18 @@ class CouplingNet(nn.Module):
 
 class AffineCoupling(FlowLayer):
     def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0,
-                 zmap_channels: int = 0, kernel: int = 3, shift_clamp: float = 0.0):
+                 zmap_channels: int = 0, kernel: int = 3, shift_clamp: float = 0.0, scale: str = "tanh"):
         super().__init__()
         if shift_clamp < 0:
             raise ValueError(f"shift_clamp must be >= 0 (0 = unbounded shift), got {shift_clamp}")
+        if scale not in COUPLING_SCALES:
+            raise ValueError(f"coupling scale must be one of {COUPLING_SCALES}, got {scale!r}")
         self.ca = channels // 2
         self.cb = channels - self.ca
         self.net = CouplingNet(self.ca, 2 * self.cb, hidden, cond_dim, cond_map_channels, zmap_channels, kernel)
         self.clamp = clamp
         self.shift_clamp = shift_clamp
+        self.scale = scale
 
     def _params(self, xa: Tensor, cond: Optional[Cond]) -> tuple[Tensor, Tensor]:
         # Shift, scale and their log-det in float32 (float64 for float64 inputs) even if the network ran in bf16.
@@ -236,6 +249,8 @@ class AffineCoupling(FlowLayer):
         shift, raw = h[:, 0::2], h[:, 1::2]
         if self.shift_clamp > 0:
             shift = self.shift_clamp * torch.tanh(shift / self.shift_clamp)
+        if self.scale == "sigmoid":  # never expands: log_s in (-clamp, 0), -0.127 at a zero raw output
+            raw = F.logsigmoid(raw + 2.0)
         log_s = self.clamp * torch.tanh(raw / self.clamp)
         return shift, log_s
 
@@ -256,7 +271,8 @@ class AffineCoupling(FlowLayer):
         return torch.cat([xa.detach(), xb.detach()], 1), (xa, xb), torch.cat([xa, yb], 1), sum_per_sample(log_s)
 
     def extra_repr(self) -> str:
-        return f"clamp={self.clamp:g}" + (f", shift_clamp={self.shift_clamp:g}" if self.shift_clamp > 0 else "")
+        return (f"clamp={self.clamp:g}" + (f", shift_clamp={self.shift_clamp:g}" if self.shift_clamp > 0 else "")
+                + (f", scale={self.scale}" if self.scale != "tanh" else ""))
 
     def inverse(self, y: Tensor, cond: Optional[Cond] = None) -> tuple[Tensor, Tensor]:
         ya, yb = y[:, : self.ca], y[:, self.ca :]

@@ -41,12 +41,13 @@ class FlowStep(FlowLayer):
     """ActNorm -> invertible 1x1 conv -> affine coupling."""
 
     def __init__(self, channels: int, hidden: int, cond_dim: int = 0, cond_map_channels: int = 0, clamp: float = 2.0,
-                 zmap_channels: int = 0, kernel: int = 3, shift_clamp: float = 0.0):
+                 zmap_channels: int = 0, kernel: int = 3, shift_clamp: float = 0.0, scale: str = "tanh"):
         super().__init__()
         self.layers = nn.ModuleList([
             ActNorm(channels),
             InvConv1x1(channels),
-            AffineCoupling(channels, hidden, cond_dim, cond_map_channels, clamp, zmap_channels, kernel, shift_clamp),
+            AffineCoupling(channels, hidden, cond_dim, cond_map_channels, clamp, zmap_channels, kernel, shift_clamp,
+                           scale),
         ])
 
     def forward(self, x, cond=None):
@@ -106,6 +107,7 @@ class ConditionalGlow(nn.Module):
         zmap_channels: int = 0,
         kernels: Union[int, Sequence[int]] = 3,
         shift_clamp: float = 0.0,
+        coupling_scale: str = "tanh",
         split_reads_kept: bool = True,
         base_tail: float = 0.0,
     ):
@@ -130,7 +132,8 @@ class ConditionalGlow(nn.Module):
             c, h, w = c * 4, h // 2, w // 2
             sizes.append((h, w))
             k, zc = kernels[lvl], zmap_channels
-            self.level_steps.append(nn.ModuleList([FlowStep(c, hidden, cond_dim, maps[lvl], clamp, zc, k, shift_clamp)
+            self.level_steps.append(nn.ModuleList([FlowStep(c, hidden, cond_dim, maps[lvl], clamp, zc, k, shift_clamp,
+                                                            coupling_scale)
                                                    for _ in range(steps[lvl])]))
             if lvl < levels - 1:
                 prior = GaussianizeSplit(c, cond_dim, maps[lvl], zc, k, read_kept=split_reads_kept)
