@@ -10,8 +10,10 @@ Three modes (README.md beside this file has the tables they printed):
     python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 --trace
     # the whole test set under evaluate's own draws (seeds 0-2, batches of 250): spread per image
     python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist_v2 --all 0 --json out.json
-    # a trained model with its couplings' shifts soft-bounded, or its priors' log-sigma floored, after the fact
+    # a trained model with its couplings' shifts soft-bounded, its priors' log-sigma floored, or eps scored under
+    # a base with linear tails, after the fact
     python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 0 1 --shift-clamp 8
+    python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 1754 480 --base-tail 3
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from flowvae.config import DataConfig
 from flowvae.data.datasets import load_dataset
 from flowvae.engine.evaluate import batch_seed, bound_draws
 from flowvae.flows.coupling import AffineCoupling
+from flowvae.flows.tails import base_density
 
 
 def _install_trace(model, rec: dict) -> list:
@@ -105,7 +108,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--images", type=int, nargs="+", default=[6573, 4203, 0, 1])
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="draws (default: 0..7 per image; evaluate's 0 1 2 with --all)")
     ap.add_argument("--trace", action="store_true", help="also the per-layer trace of the lowest and highest draw")
     ap.add_argument("--all", type=int, default=-1, metavar="N",
                     help="instead: the spread over evaluate's seeds (--seeds, default here 0 1 2) on the first N "
@@ -117,6 +121,8 @@ def main():
                     help="also print the mean bound of the first N test images under draw --seeds[0]")
     ap.add_argument("--shift-clamp", type=float, default=None,
                     help="post hoc: soft-bound every coupling's shift at this value (the trained weights unchanged)")
+    ap.add_argument("--base-tail", type=float, default=None,
+                    help="post hoc: score eps under the normal with linear tails beyond |eps| = K (model.base_tail)")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -128,6 +134,9 @@ def main():
                 if isinstance(m, AffineCoupling):
                     m.shift_clamp = a.shift_clamp
             name = f"{name} (shift_clamp={a.shift_clamp:g} post hoc)"
+        if a.base_tail is not None:
+            model.glow.base = base_density(a.base_tail)
+            name = f"{name} (base_tail={a.base_tail:g} post hoc)"
         if a.prior_floor is not None:
             for prior in model.glow.priors:
                 prior._params = (lambda x, c, orig=prior._params, f=a.prior_floor:
@@ -135,10 +144,11 @@ def main():
             name = f"{name} (prior log-sigma >= {a.prior_floor:g} post hoc)"
         ds = load_dataset(DataConfig(dataset="fashion_mnist"), cfg.model, "test")
         if a.all >= 0:
-            seeds = a.seeds if a.seeds != list(range(8)) else [0, 1, 2]
+            seeds = a.seeds or [0, 1, 2]
             results[name] = {"seeds": seeds, "batch": a.batch, **summarise(spread_all(model, ds, seeds, a.batch, a.all))}
             print(json.dumps({name: results[name]}), flush=True)
             continue
+        a.seeds = a.seeds or list(range(8))
         x = ds[torch.tensor(a.images)][0]
         bpd = bound_draws(model, x, a.seeds)
         results[name] = {"seeds": a.seeds, "images": {}}

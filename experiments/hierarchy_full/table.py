@@ -13,6 +13,7 @@ GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the sa
 RUNS = {"global": "global code only (pretrained:fashion_mnist)", "hier_fb": "+ z_l per level, free bits, KL warm-up",
         "hier_code": "hier_fb, split priors read the codes alone",
         "hier_c1": "hier_fb with one channel per level code (z_0 196, z_1 49 dims)",
+        "hier_c1_enc64": "hier_c1 with a 64-wide encoder (model.encoder_width=64, from 32)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
