@@ -66,6 +66,7 @@ class LossConfig:
     free_bits: float = 0.0          # nats per global-code dim below which its KL is not penalised
     level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical)
     kl_warmup_steps: int = 0        # the KL weight ramps linearly from 0 to kl_beta over these steps
+    kl_warmup_order: str = "together"  # together | coarse_first: level code l warms up over kl_warmup_steps * l / levels
     tc_weight: float = 0.0          # Factor-VAE gamma: gamma * TC(z) (discriminator estimate, flowvae/tc.py)
 
 
@@ -312,6 +313,7 @@ def validate(cfg: Config) -> None:
                "model.split_prior": (m.split_prior, ("kept", "code")),
                "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
                "model.coupling_scale": (m.coupling_scale, ("tanh", "sigmoid")),
+               "loss.kl_warmup_order": (cfg.loss.kl_warmup_order, ("together", "coarse_first")),
                "train.memory": (cfg.train.memory, ("standard", "recompute", "checkpoint")),
                "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
                "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "cosine")),
@@ -367,7 +369,8 @@ def validate(cfg: Config) -> None:
                     "train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
                     "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
-                    **{f"loss.{f.name}": getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss)}}
+                    **{f"loss.{f.name}": getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss)
+                       if f.type != "str"}}
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")

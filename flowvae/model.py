@@ -198,7 +198,7 @@ class FlowVAE(nn.Module):
         return {"log_p_y": log_p_y, "log_q_u": log_q_u, "eps": eps, "posterior": post, "code": code,
                 "kl": kl, "kl_total": kl_total}
 
-    def loss(self, x: Tensor, kl_weight: Optional[float] = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, kl_weight: Union[None, float, dict] = None) -> dict[str, Tensor]:
         """The training objective (``Objective.loss``) under this model's ``loss:`` config on uint8 images
         ``x``: 'loss' (scalar) and per image 'elbo_bpd', 'flow_bpd', 'kl_bpd', 'dequant_bpd', 'kl_nats',
         'kl_{group}_nats' and, for a model with a code, 'z_mean' (posterior mean) and 'z_sample' (the drawn

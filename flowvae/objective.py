@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -108,12 +108,30 @@ class Objective:
 
         self.cfg = cfg if cfg is not None else LossConfig()
 
-    def kl_scale(self, step: Optional[int] = None) -> float:
+    def kl_scale(self, step: Optional[int] = None, warmup: Optional[int] = None) -> float:
         """The KL's weight in the training loss at optimiser step ``step`` (0-based): kl_beta times the
-        linear warm-up over kl_warmup_steps (None: after warm-up)."""
-        warm = self.cfg.kl_warmup_steps
+        linear warm-up over ``warmup`` steps (default kl_warmup_steps; None step: after warm-up)."""
+        warm = self.cfg.kl_warmup_steps if warmup is None else warmup
         ramp = 1.0 if step is None or not warm else min(1.0, (step + 1) / warm)
         return self.cfg.kl_beta * ramp
+
+    def warmup_steps(self, group: str, levels: int) -> int:
+        """The KL warm-up of one latent group of a model with ``levels`` level codes. ``together``: every group
+        over kl_warmup_steps. ``coarse_first``: the global code over kl_warmup_steps and level code l over
+        kl_warmup_steps * l / levels, so the finest (level0) pays its full KL from the first step while the
+        coarser codes are still cheap: a KL form of growing the codes from the most abstract one down (Li et
+        al., "Progressive Learning and Disentanglement of Hierarchical Representations")."""
+        if self.cfg.kl_warmup_order == "together" or group == "global" or not group.startswith("level"):
+            return self.cfg.kl_warmup_steps
+        return self.cfg.kl_warmup_steps * int(group[len("level"):]) // levels
+
+    def kl_weights(self, step: Optional[int], groups) -> Union[float, dict[str, float]]:
+        """The KL weight the training loop passes to ``loss`` at ``step``: one number when every group warms
+        up together, else a number per group of ``groups`` (names)."""
+        if self.cfg.kl_warmup_order == "together":
+            return self.kl_scale(step)
+        levels = sum(g.startswith("level") for g in groups)
+        return {g: self.kl_scale(step, self.warmup_steps(g, levels)) for g in groups}
 
     def free_bits(self, group: str) -> float:
         """Free nats per dimension of a latent group in the training loss."""
@@ -123,29 +141,34 @@ class Objective:
         """The KL in the training loss [N] (before the weight), from the per-group KL of ``Latents.kl``:
         free bits per dimension where the KL is analytic; a floor on the batch mean where it is a
         Monte-Carlo estimate (per-image estimates are noisy, even negative). ``sizes``: dims per group."""
+        return self.weighted_train_kl(kl, sizes, 1.0)
+
+    def weighted_train_kl(self, kl: dict, sizes: dict, weight: Union[float, dict[str, float]]) -> Tensor:
+        """``train_kl`` with each group's term times its weight (``weight``: one number or one per group)."""
         total = 0.0
         for name, (per_image, per_dim) in kl.items():
             fb = self.free_bits(name)
             if fb <= 0:
-                total = total + per_image
+                term = per_image
             elif per_dim is not None:
-                total = total + free_bits_kl(per_dim, fb)
+                term = free_bits_kl(per_dim, fb)
             else:
                 floor = fb * sizes[name]
-                total = total + (torch.full_like(per_image, floor) if per_image.mean() < floor else per_image)
+                term = torch.full_like(per_image, floor) if per_image.mean() < floor else per_image
+            total = total + term * (weight[name] if isinstance(weight, dict) else weight)
         return total
 
-    def loss(self, t: dict, bound: Bound, sizes: dict, kl_weight: Optional[float] = None) -> dict[str, Tensor]:
+    def loss(self, t: dict, bound: Bound, sizes: dict, kl_weight: Union[None, float, dict[str, float]] = None) -> dict[str, Tensor]:
         """The training objective from the terms ``t`` of one draw (``FlowVAE.terms``): 'loss' (scalar:
         mean of flow + dequantisation bits/dim plus ``kl_weight`` (default ``kl_scale()``: kl_beta; the
-        training loop passes ``kl_scale(step)``) times the free-bits KL), the per-image bound terms of
+        training loop passes ``kl_weights(step, groups)``, a number per group under coarse_first) times the free-bits KL), the per-image bound terms of
         ``Bound.terms`` and, per latent group, 'kl_{group}_nats'. ``sizes``: dims per latent group."""
         out = bound.terms(t)
         if not t["kl"]:
             out["loss"] = out["elbo_bpd"].mean()
             return out
         weight = self.kl_scale() if kl_weight is None else kl_weight
-        train_kl = self.train_kl(t["kl"], sizes) * weight
+        train_kl = self.weighted_train_kl(t["kl"], sizes, weight)
         out["loss"] = (out["flow_bpd"] + out["dequant_bpd"] + bound.bpd(train_kl)).mean()
         for name, (per_image, _) in t["kl"].items():
             out[f"kl_{name}_nats"] = per_image

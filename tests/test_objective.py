@@ -185,3 +185,35 @@ def test_nats_become_bits_per_dim_only_in_the_objective():
     offenders = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files if p not in allowed
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, "bits/dim written outside objective.py:\n" + "\n".join(offenders)
+
+
+def test_coarse_first_warms_the_finest_code_up_last_and_weights_each_group():
+    from flowvae.config import LossConfig
+
+    groups = ["global", "level0", "level1"]
+    obj = Objective(LossConfig(kl_beta=0.5, kl_warmup_steps=100))
+    assert obj.kl_weights(9, groups) == obj.kl_scale(9) == 0.05  # together: one number for every group
+    obj.cfg.kl_warmup_order = "coarse_first"
+    assert [obj.warmup_steps(g, 2) for g in groups] == [100, 0, 50]
+    w = obj.kl_weights(9, groups)
+    assert w == {"global": 0.05, "level0": 0.5, "level1": 0.1} and obj.kl_weights(99, groups)["global"] == 0.5
+    # each group's term carries its own weight in the loss; the reported bound does not
+    d, n = 4, 2
+    bound = Bound(d, 8)
+    kl = {"global": (torch.tensor([1.0, 2.0]), None), "level0": (torch.tensor([3.0, 5.0]), None),
+          "level1": (torch.tensor([7.0, 11.0]), None)}
+    kl_total = torch.tensor([11.0, 18.0])
+    t = terms(torch.full((n,), -5.0), torch.full((n,), 0.5), kl_total, kl)
+    out = obj.loss(t, bound, {"global": 2, "level0": 3, "level1": 1}, kl_weight=w)
+    train_kl = 0.05 * kl["global"][0] + 0.5 * kl["level0"][0] + 0.1 * kl["level1"][0]
+    assert torch.allclose(out["loss"], ((5.0 + d * 8 * LN2 + 0.5 + train_kl) / (d * LN2)).mean())
+    assert torch.allclose(out["elbo_bpd"], (5.0 + d * 8 * LN2 + 0.5 + kl_total) / (d * LN2))
+
+
+def test_kl_warmup_order_is_checked():
+    from flowvae.config import ConfigError, load_config
+
+    from conftest import TINY
+
+    with pytest.raises(ConfigError, match="loss.kl_warmup_order"):
+        load_config(None, TINY + ["loss.kl_warmup_order=fine_first"])

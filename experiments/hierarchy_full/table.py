@@ -14,6 +14,7 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist)", "hier_fb": "+ z
         "hier_code": "hier_fb, split priors read the codes alone",
         "hier_c1": "hier_fb with one channel per level code (z_0 196, z_1 49 dims)",
         "hier_c1_enc64": "hier_c1 with a 64-wide encoder (model.encoder_width=64, from 32)",
+        "hier_c1_staged": "hier_c1 with the KL warmed up coarse first (loss.kl_warmup_order=coarse_first)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 

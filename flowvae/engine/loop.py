@@ -92,8 +92,9 @@ def run_loop(run: Run, budget: "Budget", log: "Logger", ckpt: "Checkpointer", st
     while not budget.done():
         x = next(batches)
         budget.plan_if_due()
-        tic = time.perf_counter()  # kl_scale: beta times the KL warm-up (objective.py)
-        res = train_step(run.tr, x, c.step, budget.lr(c.step), run.tr.model.objective.kl_scale(c.step),
+        tic = time.perf_counter()  # kl_weights: beta times the KL warm-up, per group if staged (objective.py)
+        model = run.tr.model
+        res = train_step(run.tr, x, c.step, budget.lr(c.step), model.objective.kl_weights(c.step, model.latents.groups),
                          flags=lambda: {"stop": stop.requested, "time": budget.out_of_time(tic)},
                          log_terms=log.due(c.step + 1))
         budget.count(time.perf_counter() - tic)

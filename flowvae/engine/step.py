@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -50,11 +50,11 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, kl_weight: Optional[float] = None) -> dict:
+    def forward(self, x: Tensor, kl_weight: Union[None, float, dict] = None) -> dict:
         return self.model.loss(x, kl_weight)
 
 
-def train_step(tr: Trainer, x: Tensor, step: int, lr: float, kl_weight: float,
+def train_step(tr: Trainer, x: Tensor, step: int, lr: float, kl_weight: Union[float, dict],
                flags: Callable[[], dict] = dict, log_terms: bool = False) -> StepResult:
     """Optimiser step ``step`` (0-based) on this rank's share ``x`` of the global batch at ``lr``.
 
