@@ -370,7 +370,7 @@ def validate(cfg: Config) -> None:
                     "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
                     **{f"loss.{f.name}": getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss)
-                       if f.type != "str"}}
+                       if not isinstance(getattr(cfg.loss, f.name), str)}}
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")

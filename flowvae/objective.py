@@ -137,14 +137,11 @@ class Objective:
         """Free nats per dimension of a latent group in the training loss."""
         return self.cfg.free_bits if group == "global" else self.cfg.level_free_bits
 
-    def train_kl(self, kl: dict, sizes: dict) -> Tensor:
-        """The KL in the training loss [N] (before the weight), from the per-group KL of ``Latents.kl``:
-        free bits per dimension where the KL is analytic; a floor on the batch mean where it is a
-        Monte-Carlo estimate (per-image estimates are noisy, even negative). ``sizes``: dims per group."""
-        return self.weighted_train_kl(kl, sizes, 1.0)
-
-    def weighted_train_kl(self, kl: dict, sizes: dict, weight: Union[float, dict[str, float]]) -> Tensor:
-        """``train_kl`` with each group's term times its weight (``weight``: one number or one per group)."""
+    def train_kl(self, kl: dict, sizes: dict, weight: Union[float, dict[str, float]] = 1.0) -> Tensor:
+        """The KL in the training loss [N], from the per-group KL of ``Latents.kl``: free bits per dimension
+        where the KL is analytic; a floor on the batch mean where it is a Monte-Carlo estimate (per-image
+        estimates are noisy, even negative); each group's term times ``weight`` (one number or one per group).
+        ``sizes``: dims per group."""
         total = 0.0
         for name, (per_image, per_dim) in kl.items():
             fb = self.free_bits(name)
@@ -158,17 +155,19 @@ class Objective:
             total = total + term * (weight[name] if isinstance(weight, dict) else weight)
         return total
 
-    def loss(self, t: dict, bound: Bound, sizes: dict, kl_weight: Union[None, float, dict[str, float]] = None) -> dict[str, Tensor]:
+    def loss(self, t: dict, bound: Bound, sizes: dict,
+             kl_weight: Union[None, float, dict[str, float]] = None) -> dict[str, Tensor]:
         """The training objective from the terms ``t`` of one draw (``FlowVAE.terms``): 'loss' (scalar:
         mean of flow + dequantisation bits/dim plus ``kl_weight`` (default ``kl_scale()``: kl_beta; the
-        training loop passes ``kl_weights(step, groups)``, a number per group under coarse_first) times the free-bits KL), the per-image bound terms of
-        ``Bound.terms`` and, per latent group, 'kl_{group}_nats'. ``sizes``: dims per latent group."""
+        training loop passes ``kl_weights(step, groups)``, a number per group under coarse_first) times the
+        free-bits KL), the per-image bound terms of ``Bound.terms`` and, per latent group, 'kl_{group}_nats'.
+        ``sizes``: dims per latent group."""
         out = bound.terms(t)
         if not t["kl"]:
             out["loss"] = out["elbo_bpd"].mean()
             return out
         weight = self.kl_scale() if kl_weight is None else kl_weight
-        train_kl = self.weighted_train_kl(t["kl"], sizes, weight)
+        train_kl = self.train_kl(t["kl"], sizes, weight)
         out["loss"] = (out["flow_bpd"] + out["dequant_bpd"] + bound.bpd(train_kl)).mean()
         for name, (per_image, _) in t["kl"].items():
             out[f"kl_{name}_nats"] = per_image
