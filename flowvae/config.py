@@ -66,7 +66,7 @@ class LossConfig:
     free_bits: float = 0.0          # nats per global-code dim below which its KL is not penalised
     level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical)
     kl_warmup_steps: int = 0        # the KL weight ramps linearly from 0 to kl_beta over these steps
-    kl_warmup_order: str = "together"  # together | coarse_first: level code l warms up over kl_warmup_steps * l / levels
+    kl_warmup_order: str = "together"  # together | coarse_first | staggered (per level code: Objective.warmup_steps)
     tc_weight: float = 0.0          # Factor-VAE gamma: gamma * TC(z) (discriminator estimate, flowvae/tc.py)
 
 
@@ -313,7 +313,7 @@ def validate(cfg: Config) -> None:
                "model.split_prior": (m.split_prior, ("kept", "code")),
                "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
                "model.coupling_scale": (m.coupling_scale, ("tanh", "sigmoid")),
-               "loss.kl_warmup_order": (cfg.loss.kl_warmup_order, ("together", "coarse_first")),
+               "loss.kl_warmup_order": (cfg.loss.kl_warmup_order, ("together", "coarse_first", "staggered")),
                "train.memory": (cfg.train.memory, ("standard", "recompute", "checkpoint")),
                "train.optimizer": (cfg.train.optimizer, ("adamax", "adamw")),
                "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "cosine")),

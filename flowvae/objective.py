@@ -120,10 +120,15 @@ class Objective:
         over kl_warmup_steps. ``coarse_first``: the global code over kl_warmup_steps and level code l over
         kl_warmup_steps * l / levels, so the finest (level0) pays its full KL from the first step while the
         coarser codes are still cheap: a KL form of growing the codes from the most abstract one down (Li et
-        al., "Progressive Learning and Disentanglement of Hierarchical Representations")."""
+        al., "Progressive Learning and Disentanglement of Hierarchical Representations"). ``staggered``: the
+        same order, level code l over kl_warmup_steps * (l + 1) / (levels + 1), so the finest code also gets a
+        (shorter) warm-up."""
         if self.cfg.kl_warmup_order == "together" or group == "global" or not group.startswith("level"):
             return self.cfg.kl_warmup_steps
-        return self.cfg.kl_warmup_steps * int(group[len("level"):]) // levels
+        level = int(group[len("level"):])
+        if self.cfg.kl_warmup_order == "staggered":
+            return self.cfg.kl_warmup_steps * (level + 1) // (levels + 1)
+        return self.cfg.kl_warmup_steps * level // levels
 
     def kl_weights(self, step: Optional[int], groups) -> Union[float, dict[str, float]]:
         """The KL weight the training loop passes to ``loss`` at ``step``: one number when every group warms

@@ -1,7 +1,8 @@
 """A shipped model's per-image bound must not depend on the noise of the draw (dequantisation u and code z)
 by more than a fraction of a bit, on the test images where it did (tests/data/fashion_mnist_hard.pt: 6573, the
 worst of the older models, 4203, v2's highest bound, and 8033, v2's largest spread over the whole test set under
-evaluate's seeds 0-2, 0.61 bits/dim; written by experiments/bounded_flow/make_fixture.py) and on ordinary ones.
+evaluate's seeds 0-2, 0.61 bits/dim; 1754, whose bound ran away on rare draws of the longer runs, and 480,
+where the non-expanding coupling's did; written by experiments/bounded_flow/make_fixture.py) and on ordinary ones.
 
 What shows this test can fail: the shipped hierarchical weights scored under a normal base instead of the base
 with linear tails they were trained with (model.base_tail=0.5) span about 25 bits/dim on 6573, a strict xfail;
@@ -62,6 +63,28 @@ def test_per_image_bound_barely_depends_on_the_draw(name, normal_base, images):
     label = f"test image {hard_indices[worst]}" if worst < len(hard_indices) else f"sample test image {worst - len(hard_indices)}"
     assert spread.max() < MAX_SPREAD, (f"{name}: {label}'s bound spans {bpd[:, worst].min():.2f}.."
                                        f"{bpd[:, worst].max():.2f} bits/dim over {len(DRAWS)} draws")
+
+
+MANY_DRAWS = range(256)
+MAX_MOVE = 1.0  # bits/dim: under one bit, the issue's "a fraction of a bit"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [
+    pytest.param("fashion_mnist", marks=_old("image 1754 moves 3.35 bits/dim on one of 256 draws")),
+    "fashion_mnist_hierarchical", "fashion_mnist_levels"])
+def test_no_draw_moves_a_hard_image_by_a_bit(name):
+    """Rare draws are what break a bound: image 1754 sat within 0.1 of its median on most draws of the weights
+    shipped before the base with linear tails, and 3.35 bits/dim above it on one of 256 (each image alone in its
+    batch, as here), while 8 draws of the test above never showed it."""
+    hard = torch.load(HARD, weights_only=True)
+    model, _, _ = load_checkpoint(f"pretrained:{name}")
+    for i, x in zip(hard["indices"], hard["images"]):
+        bpd = bound_draws(model, x[None], MANY_DRAWS)[:, 0]
+        assert torch.isfinite(bpd).all() and bpd.std() > 0
+        move = (bpd - bpd.median()).abs().max()
+        assert move < MAX_MOVE, (f"{name}: test image {i}'s bound moves {move:.2f} bits/dim from its median "
+                                 f"{bpd.median():.2f} on one of {len(MANY_DRAWS)} draws")
 
 
 def test_bound_draws_leave_the_random_state_alone(images):

@@ -197,6 +197,11 @@ def test_coarse_first_warms_the_finest_code_up_last_and_weights_each_group():
     assert [obj.warmup_steps(g, 2) for g in groups] == [100, 0, 50]
     w = obj.kl_weights(9, groups)
     assert w == {"global": 0.05, "level0": 0.5, "level1": 0.1} and obj.kl_weights(99, groups)["global"] == 0.5
+    obj.cfg.kl_warmup_order = "staggered"  # the same order, the finest code warmed up too
+    assert [obj.warmup_steps(g, 2) for g in groups] == [100, 33, 66]
+    assert obj.kl_weights(9, groups) == {"global": 0.05, "level0": pytest.approx(0.5 * 10 / 33),
+                                         "level1": pytest.approx(0.5 * 10 / 66)}
+    obj.cfg.kl_warmup_order = "coarse_first"
     # each group's term carries its own weight in the loss; the reported bound does not
     d, n = 4, 2
     bound = Bound(d, 8)

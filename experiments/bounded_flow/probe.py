@@ -14,6 +14,10 @@ Three modes (README.md beside this file has the tables they printed):
     # a base with linear tails, after the fact
     python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 0 1 --shift-clamp 8
     python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 1754 480 --base-tail 3
+    # each image alone in its batch, 256 draws: std and largest move from the median (tests/test_bound_noise.py)
+    python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 4203 8033 1754 480 \
+        --alone --seeds $(seq 0 255)
+    # the same with only u drawn (--hold code) or only the code drawn (--hold u): which noise moves the bound
 """
 from __future__ import annotations
 
@@ -123,6 +127,10 @@ def main():
                     help="post hoc: soft-bound every coupling's shift at this value (the trained weights unchanged)")
     ap.add_argument("--base-tail", type=float, default=None,
                     help="post hoc: score eps under the normal with linear tails beyond |eps| = K (model.base_tail)")
+    ap.add_argument("--alone", action="store_true",
+                    help="score each of --images in a batch of its own (as tests/test_bound_noise.py does)")
+    ap.add_argument("--hold", choices=["code", "u"], default=None,
+                    help="draw only the other noise: the code at its posterior mean, or u at the centre of the bin")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -142,6 +150,12 @@ def main():
                 prior._params = (lambda x, c, orig=prior._params, f=a.prior_floor:
                                  (lambda mu, ls: (mu, ls.clamp(min=f)))(*orig(x, c)))
             name = f"{name} (prior log-sigma >= {a.prior_floor:g} post hoc)"
+        if a.hold == "code":
+            model.latents.draw = lambda post, deterministic=False, orig=model.latents.draw: orig(post, True)
+            name = f"{name} (code held at the posterior mean)"
+        elif a.hold == "u":
+            model.dequantizer.forward = lambda xc, deterministic=False, orig=model.dequantizer.forward: orig(xc, True)
+            name = f"{name} (u held at the centre of the bin)"
         ds = load_dataset(DataConfig(dataset="fashion_mnist"), cfg.model, "test")
         if a.all >= 0:
             seeds = a.seeds or [0, 1, 2]
@@ -150,7 +164,8 @@ def main():
             continue
         a.seeds = a.seeds or list(range(8))
         x = ds[torch.tensor(a.images)][0]
-        bpd = bound_draws(model, x, a.seeds)
+        bpd = (torch.cat([bound_draws(model, x[j:j + 1], a.seeds) for j in range(len(x))], 1) if a.alone
+               else bound_draws(model, x, a.seeds))
         results[name] = {"seeds": a.seeds, "images": {}}
         if a.ordinary:
             mean = float(bound_draws(model, ds[torch.arange(a.ordinary)][0], a.seeds[:1]).mean())
@@ -159,9 +174,11 @@ def main():
         for j, i in enumerate(a.images):
             col = bpd[:, j]
             row = {"min": round(float(col.min()), 3), "median": round(float(col.median()), 3),
-                   "max": round(float(col.max()), 3), "spread": round(float(col.max() - col.min()), 3)}
+                   "max": round(float(col.max()), 3), "spread": round(float(col.max() - col.min()), 3),
+                   "std": round(float(col.std()), 4), "largest_move": round(float((col - col.median()).abs().max()), 3)}
             results[name]["images"][i] = row
-            print(f"| {name} | {i} | {row['min']} | {row['median']} | {row['max']} | {row['spread']} |", flush=True)
+            print(f"| {name} | {i} | {row['min']} | {row['median']} | {row['max']} | {row['spread']} | {row['std']} | "
+                  f"{row['largest_move']} |", flush=True)
             if a.trace:
                 lo, hi = int(col.argmin()), int(col.argmax())
                 t_lo, t_hi = trace(model, x[j:j + 1], a.seeds[lo]), trace(model, x[j:j + 1], a.seeds[hi])
