@@ -175,7 +175,9 @@ def main():
             col = bpd[:, j]
             row = {"min": round(float(col.min()), 3), "median": round(float(col.median()), 3),
                    "max": round(float(col.max()), 3), "spread": round(float(col.max() - col.min()), 3),
-                   "std": round(float(col.std()), 4), "largest_move": round(float((col - col.median()).abs().max()), 3)}
+                   "std": round(float(col.std()), 4), "largest_move": round(float((col - col.median()).abs().max()), 3),
+                   "draws_moved_over_0.2": int(((col - col.median()).abs() > 0.2).sum()),
+                   "draws_moved_over_1": int(((col - col.median()).abs() > 1).sum())}
             results[name]["images"][i] = row
             print(f"| {name} | {i} | {row['min']} | {row['median']} | {row['max']} | {row['spread']} | {row['std']} | "
                   f"{row['largest_move']} |", flush=True)
