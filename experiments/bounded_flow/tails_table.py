@@ -1,6 +1,7 @@
 """Section 7's equal-clip table (experiments/bounded_flow/README.md): configs/fashion_mnist.yaml with
 train.grad_clip=10, with a normal base (tail0) and with linear tails beyond |eps| = 2 (tail2), over a 4,000-step
-cosine (short_*) and over the shipped model's 9,172 steps (s9172_*), from the files tails_pair.sh writes.
+cosine (short_*) and over the shipped model's 9,172 steps (s9172_*), from the files tails_pair.sh writes; and
+s9172_tail2 with model.coupling_scale=sigmoid (s9172_tail2_sig, section 9).
 
     python experiments/bounded_flow/tails_table.py
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 
 R = Path(__file__).resolve().parent / "results"
 RUNS = {"short_tail0": "normal base", "short_tail2": "linear tails beyond 2",
-        "s9172_tail0": "normal base", "s9172_tail2": "linear tails beyond 2"}
+        "s9172_tail0": "normal base", "s9172_tail2": "linear tails beyond 2",
+        "s9172_tail2_sig": "linear tails beyond 2, sigmoid coupling scale"}
 
 
 def _load(name: str) -> dict:
