@@ -164,7 +164,7 @@ class Objective:
              kl_weight: Union[None, float, dict[str, float]] = None) -> dict[str, Tensor]:
         """The training objective from the terms ``t`` of one draw (``FlowVAE.terms``): 'loss' (scalar:
         mean of flow + dequantisation bits/dim plus ``kl_weight`` (default ``kl_scale()``: kl_beta; the
-        training loop passes ``kl_weights(step, groups)``, a number per group under coarse_first) times the
+        training loop passes ``kl_weights(step, groups)``, a number per group under a staged order) times the
         free-bits KL), the per-image bound terms of ``Bound.terms`` and, per latent group, 'kl_{group}_nats'.
         ``sizes``: dims per latent group."""
         out = bound.terms(t)

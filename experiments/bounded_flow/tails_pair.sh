@@ -2,7 +2,8 @@
 # Section 7 (README.md): the cost of the base with linear tails beyond |eps| = 2 at equal clip. Two runs of
 # configs/fashion_mnist.yaml that differ only in model.base_tail (0 = normal, 2), both with train.grad_clip=10 (the
 # tails diverged at clip 50) and a STEPS-step cosine (default 4,000), one thread each, side by side; then each scored
-# like the rows of section 6 (all test images at k=1, the spread over 8 draws, images 1754 and 480 over 64 draws).
+# like the rows of section 6 (all test images at k=1, the spread over 8 draws, images 1754 and 480 over 64 draws)
+# and section 8 (each hard image alone over 256 draws).
 # Runs are named short_tail0/2 at 4,000 steps and s<STEPS>_tail0/2 otherwise.
 #   bash experiments/bounded_flow/tails_pair.sh RUNS_DIR [--resume]            # 4,000 steps
 #   STEPS=9172 bash experiments/bounded_flow/tails_pair.sh RUNS_DIR [--resume] # the shipped model's step count
