@@ -91,7 +91,8 @@ def test_shipped_models_in_todays_layout(name, levels, sample_test):
         assert not torch.equal(model.resample_level(x[:4], group, generator=torch.Generator().manual_seed(0)), x[:4])
 
 
-@pytest.mark.parametrize("name,config", [("fashion_mnist_hierarchical", "fashion_mnist_hierarchical.yaml"),
+@pytest.mark.parametrize("name,config", [("fashion_mnist", "fashion_mnist.yaml"),
+                                         ("fashion_mnist_hierarchical", "fashion_mnist_hierarchical.yaml"),
                                          ("fashion_mnist_levels", "fashion_mnist_levels.yaml")])
 def test_shipped_models_were_trained_by_their_config(name, config):
     """The config file a shipped model names in trained_by gives its model and loss (and the step count)."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Section 7 (README.md): the cost of the base with linear tails beyond |eps| = 2 at equal clip. Two runs of
-# configs/fashion_mnist.yaml that differ only in model.base_tail (0 = normal, 2), both with train.grad_clip=10 (the
+# configs/fashion_mnist.yaml with its earlier tanh coupling scale that differ only in model.base_tail (0 = normal, 2), both with train.grad_clip=10 (the
 # tails diverged at clip 50) and a STEPS-step cosine (default 4,000), one thread each, side by side; then each scored
 # like the rows of section 6 (all test images at k=1, the spread over 8 draws, images 1754 and 480 over 64 draws)
 # and section 8 (each hard image alone over 256 draws).
@@ -15,7 +15,7 @@ export OMP_NUM_THREADS=1 PYTHONPATH=.
 PY=${PYTHON:-python}
 STEPS=${STEPS:-4000}
 if [ "$STEPS" = 4000 ]; then PRE=short; else PRE=s$STEPS; fi
-common=(--config configs/fashion_mnist.yaml train.max_minutes=0 train.max_steps=$STEPS train.grad_clip=10 train.threads=1
+common=(--config configs/fashion_mnist.yaml model.coupling_scale=tanh train.max_minutes=0 train.max_steps=$STEPS train.grad_clip=10 train.threads=1
         train.checkpoint_every=500)
 pids=()
 for tail in 0 2; do
