@@ -10,11 +10,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the same recipe (pretrained:fashion_mnist)
-RUNS = {"global": "global code only (pretrained:fashion_mnist)", "hier_fb": "+ z_l per level, free bits, KL warm-up",
+RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: tanh coupling scale, normal base, clip 50)",
+        "global_sig": "global code only, today's recipe (pretrained:fashion_mnist: sigmoid coupling scale, tails beyond 2, clip 10)",
+        "hier_fb": "+ z_l per level, free bits, KL warm-up",
         "hier_code": "hier_fb, split priors read the codes alone",
         "hier_c1": "hier_fb with one channel per level code (z_0 196, z_1 49 dims)",
         "hier_c1_enc64": "hier_c1 with a 64-wide encoder (model.encoder_width=64, from 32)",
         "hier_c1_staged": "hier_c1 with the KL warmed up coarse first (loss.kl_warmup_order=coarse_first)",
+        "hier_c1_staggered": "hier_c1 with level code l warmed up over 2,000 (l + 1) / 3 steps "
+                             "(loss.kl_warmup_order=staggered; clip 10 from step 2,627)",
+        "levels_sig": "hier_c1 on today's recipe (sigmoid coupling scale, tails beyond 2, clip 10)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
@@ -26,6 +31,9 @@ def files(run: str) -> dict:
     if run == "global":
         return {"eval": _load(GLOBAL / "eval_shiftclamp8.json"), "analysis": _load(GLOBAL / "analysis_shiftclamp8.json"),
                 "curve": _load(RESULTS / "global" / "curve.json")}
+    if run == "global_sig":  # experiments/bounded_flow, section 9 (run s9172_tail2_sig)
+        return {"eval": _load(GLOBAL / "eval_s9172_tail2_sig.json"), "analysis": _load(GLOBAL / "analysis_s9172_tail2_sig.json"),
+                "curve": _load(GLOBAL / "curves" / "s9172_tail2_sig" / "curve.json")}
     d = RESULTS / run
     return {k: _load(d / f"{k}.json") for k in ("eval", "analysis", "mechanism", "curve")}
 
