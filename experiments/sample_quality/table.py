@@ -19,6 +19,8 @@ ROWS = [
      ["fid_shiftclamp8_judge25_n10000.json"]),
     ("pretrained:fashion_mnist_levels (per-level codes, tanh scale; 3.2420), judge 0.8695", 10000,
      ["fid_levels_n10000.json"]),
+    ("flow-only Glow, today's recipe (configs/fashion_mnist.yaml, model.type=glow, 9,172 steps; 3.3120), judge 0.8695", 10000,
+     ["fid_glow_sig_n10000.json"]),
     ("flow-only Glow, configs/fashion_mnist.yaml's earlier recipe, model.type=glow, 9,172 steps (3.2798 bits/dim)", 10000,
      ["fid_glow_n10000_low.json", "fid_glow_n10000.json"]),
     ("the weights shipped before (global hybrid, same flow, recipe and steps; 3.2035)", 10000,
