@@ -1,6 +1,7 @@
 """The tables of experiments/global_swap/README.md: the runs' bound and swap (results/eval_<run>.json,
 results/analysis_<run>.json), then the from-scratch runs' periodic evaluations against the base run's
-(results/curves/<run>/curve.json, written by experiments/hierarchy_full/curve.py RUN --out results/curves).
+(results/curves/<run>/curve.json, written by experiments/hierarchy_full/curve.py RUN --out results/curves),
+then the late phase on today's recipe.
 
     python experiments/global_swap/table.py
 """
@@ -11,20 +12,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BASE = HERE.parent / "bounded_flow" / "results"  # the 9,172-step run both continue from (pretrained:fashion_mnist)
-RUNS = [("base", "the 9,172-step run (pretrained:fashion_mnist)", BASE / "eval_shiftclamp8.json", BASE / "analysis_shiftclamp8.json")]
+RUNS = [("base", "the 9,172-step run (pretrained:fashion_mnist until 2026-12-03)", BASE / "eval_shiftclamp8.json", BASE / "analysis_shiftclamp8.json")]
 RUNS += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results" / f"analysis_{run}.json") for run, what in
          (("more", "+2,000 steps, KL weight 1 (the control)"), ("b03", "+2,000 steps, KL weight 0.3"),
           ("b01", "+2,000 steps, KL weight 0.1"), ("b01_long", "+4,000 steps, KL weight 0.1"),
           ("b03_scratch", "from step 0, KL weight 0.3, 9,172 steps"),
           ("b01_scratch", "from step 0, KL weight 0.1, 9,172 steps (gradient clip 10 from step 2,500, after a divergence)"))]
+# today's recipe (configs/fashion_mnist.yaml since 2026-12-03: sigmoid coupling scale, tails beyond 2, clip 10)
+RUNS_SIG = [("base_sig", "the 9,172-step run of today's recipe (pretrained:fashion_mnist since 2026-12-03)",
+             BASE / "eval_s9172_tail2_sig.json", BASE / "analysis_s9172_tail2_sig.json"),
+            ("sig_b01_long", "+4,000 steps, KL weight 0.1", HERE / "results" / "eval_sig_b01_long.json",
+             HERE / "results" / "analysis_sig_b01_long.json")]
 
 
-def main() -> None:
+def main(runs: list) -> None:
     print("| run | what | test elbo_bpd (10,000) | vs base | KL nats | active units | swap → B's class (cnn / logreg) | "
           "texture follows A | resample: class change (cnn) |")
     print("|---|---|---|---|---|---|---|---|---|")
     base = None
-    for run, what, ev, an in RUNS:
+    for run, what, ev, an in runs:
         if not (ev.exists() and an.exists()):
             continue
         e, a = json.loads(ev.read_text()), json.loads(an.read_text())
@@ -55,6 +61,8 @@ def curves() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(RUNS)
     print()
     curves()
+    print()
+    main(RUNS_SIG)
