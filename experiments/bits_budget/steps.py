@@ -3,7 +3,8 @@ its own steps, scored at its end on all 10,000 test images; the periodic evaluat
 show each cosine on the way. Runs are grouped by recipe (the recipe before 2026-12-03, and today's with its
 bounds: sigmoid coupling scale, linear tails beyond 2, clip 10), and the gain per doubling of the steps is
 computed within a recipe only. Prints the tables of experiments/bits_budget/README.md ("A longer cosine", "The
-24,000-step run of today's recipe") and writes results/steps.png.
+24,000-step run of today's recipe") and writes results/steps.png and its copy for the docs site,
+docs/img/bits_steps.png.
 
     python experiments/hierarchy_full/curve.py runs/fm_18k --out experiments/bits_budget/results/curves
     python experiments/hierarchy_full/curve.py runs/fm24k_sig --out experiments/bits_budget/results/curves
@@ -18,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 EXP = HERE.parent
+DOCS_FIGURE = EXP.parent / "docs" / "img" / "bits_steps.png"  # the same figure on docs/research.md
 BOUNDED = EXP / "bounded_flow" / "results"
 OLD, TODAY = "the recipe before 2026-12-03", "today's recipe"
 # name -> (recipe, planned steps, end-of-run evaluation on all 10,000 test images, periodic curve or None, what)
@@ -104,9 +106,9 @@ def _plot() -> None:
     ax.set_title("One cosine each (dots: first 1,000 test images); stars: all 10,000 at the end", fontsize=9)
     ax.legend(fontsize=6.5)
     fig.tight_layout()
-    out = RESULTS / "steps.png"
-    fig.savefig(out, dpi=110)
-    print(f"written to {out}")
+    for out in (RESULTS / "steps.png", DOCS_FIGURE):
+        fig.savefig(out, dpi=110)
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":
