@@ -99,6 +99,9 @@ def test_evaluate(tiny_run, capsys):
     # per-image spread: the worst image is at least the median and the mean, and is named
     assert res["elbo_bpd_max"] >= res["elbo_bpd_median"] and res["elbo_bpd_max"] >= res["elbo_bpd"]
     assert 0 <= res["elbo_bpd_max_index"] < 32
+    # and under the importance-weighted bound, the per-image number anomaly work should read
+    assert res["iw4_bpd_max"] >= res["iw4_bpd_median"] and res["iw4_bpd_max"] >= res["iw4_bpd"]
+    assert 0 <= res["iw4_bpd_max_index"] < 32
 
 
 @pytest.mark.parametrize("cmd,extra", [

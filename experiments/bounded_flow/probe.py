@@ -18,6 +18,7 @@ Three modes (README.md beside this file has the tables they printed):
     python experiments/bounded_flow/probe.py --models pretrained:fashion_mnist --images 6573 4203 8033 1754 480 \
         --alone --seeds $(seq 0 255)
     # the same with only u drawn (--hold code) or only the code drawn (--hold u): which noise moves the bound
+    # the importance-weighted bound over 32 draws instead of one draw's ELBO (each mode): --k 32
 """
 from __future__ import annotations
 
@@ -83,9 +84,10 @@ def trace(model, x, seed: int) -> dict:
     return {k: v.tolist() for k, v in rec.items()}
 
 
-def spread_all(model, ds, seeds, batch, limit):
+def spread_all(model, ds, seeds, batch, limit, k=1):
     """Per-image bound of the first ``limit`` test images under each of ``evaluate``'s seeds (its batches
-    and per-batch seeding): a [len(seeds), n] tensor."""
+    and per-batch seeding): a [len(seeds), n] tensor. ``k`` > 1: the importance-weighted bound over k draws
+    of (code, u) per image (``FlowVAE.log_prob``) instead of one draw's ELBO."""
     n = min(limit or len(ds), len(ds))
     out = torch.zeros(len(seeds), n, dtype=torch.float64)
     for b, lo in enumerate(range(0, n, batch)):
@@ -93,7 +95,8 @@ def spread_all(model, ds, seeds, batch, limit):
         for si, s in enumerate(seeds):
             torch.manual_seed(batch_seed(s, b))
             with torch.no_grad():
-                out[si, lo:lo + len(x)] = model.loss(x)["elbo_bpd"].double()
+                out[si, lo:lo + len(x)] = (model.loss(x)["elbo_bpd"].double() if k == 1
+                                           else model.bound.bpd(-model.log_prob(x, k=k)).double())
     return out
 
 
@@ -131,6 +134,11 @@ def main():
                     help="score each of --images in a batch of its own (as tests/test_bound_noise.py does)")
     ap.add_argument("--hold", choices=["code", "u"], default=None,
                     help="draw only the other noise: the code at its posterior mean, or u at the centre of the bin")
+    ap.add_argument("--k", type=int, default=1,
+                    help="each image's importance-weighted bound over K draws (evaluate's iwK_bpd) instead of one "
+                         "draw's ELBO")
+    ap.add_argument("--per-image", default="", metavar="PT",
+                    help="with --all: also save the [seeds, images] tensor of per-image bounds (torch.save)")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -159,13 +167,16 @@ def main():
         ds = load_dataset(DataConfig(dataset="fashion_mnist"), cfg.model, "test")
         if a.all >= 0:
             seeds = a.seeds or [0, 1, 2]
-            results[name] = {"seeds": seeds, "batch": a.batch, **summarise(spread_all(model, ds, seeds, a.batch, a.all))}
+            bpd = spread_all(model, ds, seeds, a.batch, a.all, a.k)
+            if a.per_image:
+                torch.save({"seeds": seeds, "k": a.k, "bpd": bpd}, a.per_image)
+            results[name] = {"seeds": seeds, "batch": a.batch, "k": a.k, **summarise(bpd)}
             print(json.dumps({name: results[name]}), flush=True)
             continue
         a.seeds = a.seeds or list(range(8))
         x = ds[torch.tensor(a.images)][0]
-        bpd = (torch.cat([bound_draws(model, x[j:j + 1], a.seeds) for j in range(len(x))], 1) if a.alone
-               else bound_draws(model, x, a.seeds))
+        bpd = (torch.cat([bound_draws(model, x[j:j + 1], a.seeds, a.k) for j in range(len(x))], 1) if a.alone
+               else bound_draws(model, x, a.seeds, a.k))
         results[name] = {"seeds": a.seeds, "images": {}}
         if a.ordinary:
             mean = float(bound_draws(model, ds[torch.arange(a.ordinary)][0], a.seeds[:1]).mean())

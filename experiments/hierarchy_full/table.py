@@ -9,9 +9,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the same recipe (pretrained:fashion_mnist)
+GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the same recipe and steps
 RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: tanh coupling scale, normal base, clip 50)",
-        "global_sig": "global code only, today's recipe (pretrained:fashion_mnist: sigmoid coupling scale, tails beyond 2, clip 10)",
+        "global_sig": "global code only, today's recipe (pretrained:fashion_mnist before the 24,000-step run: sigmoid coupling scale, tails beyond 2, clip 10)",
         "hier_fb": "+ z_l per level, free bits, KL warm-up",
         "hier_code": "hier_fb, split priors read the codes alone",
         "hier_c1": "hier_fb with one channel per level code (z_0 196, z_1 49 dims)",

@@ -13,7 +13,9 @@ TEMPS = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"]
 # (model, N, result files whose temperatures are merged). Two judge files: test accuracy 0.8697 (the rows
 # without a mark) and 0.8695 (the rows marked "judge 0.8695"); distances compare only under one judge.
 ROWS = [
-    ("pretrained:fashion_mnist (sigmoid coupling scale, tails beyond 2, clip 10; 3.2484), judge 0.8695", 10000,
+    ("pretrained:fashion_mnist (configs/fashion_mnist_24k.yaml, 24,000 steps; 3.1149), judge 0.8695", 10000,
+     ["fid_fashion_mnist_24k_n10000.json"]),
+    ("its recipe at 9,172 steps (sigmoid coupling scale, tails beyond 2, clip 10; 3.2484), judge 0.8695", 10000,
      ["fid_fashion_mnist_sig_n10000.json"]),
     ("the weights shipped before it (tanh coupling scale, normal base, clip 50; 3.2035), judge 0.8695", 10000,
      ["fid_shiftclamp8_judge25_n10000.json"]),

@@ -52,19 +52,22 @@ def evaluate(model: FlowVAE, dataset, k: int = 1, batch_size: int = 64, limit: i
 
 
 @torch.no_grad()
-def bound_draws(model: FlowVAE, x: Tensor, seeds: Sequence[int]) -> Tensor:
-    """Per-image bound (elbo bits/dim) of the uint8 images ``x`` under one draw of (code, u) per seed:
-    ``[len(seeds), N]`` float64. Its spread over the seeds is how much an image's reported bound depends on
-    the noise of the draw (under ``evaluate``, one odd image can move the mean of thousands). The caller's
-    random state is left untouched."""
+def bound_draws(model: FlowVAE, x: Tensor, seeds: Sequence[int], k: int = 1) -> Tensor:
+    """Per-image bound in bits/dim of the uint8 images ``x`` per seed, ``[len(seeds), N]`` float64: with
+    ``k=1`` the ELBO of one draw of (code, u), with ``k`` > 1 the importance-weighted bound over ``k`` draws
+    (``FlowVAE.log_prob``, what ``evaluate`` reports as ``iw{k}_bpd``). Its spread over the seeds is how
+    much an image's reported bound depends on the noise of the draw (under ``evaluate``, one odd image can
+    move the mean of thousands). The caller's random state is left untouched."""
     if len(seeds) < 1:
         raise ValueError("bound_draws needs at least one seed")
     rows = []
+    x = x.to(model.device)
     with torch.autocast(model.device.type, enabled=False), \
             torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         for s in seeds:
             torch.manual_seed(s)
-            rows.append(model.loss(x.to(model.device))["elbo_bpd"].double().cpu())
+            bpd = model.loss(x)["elbo_bpd"] if k == 1 else model.bound.bpd(-model.log_prob(x, k=k))
+            rows.append(bpd.double().cpu())
     return torch.stack(rows)
 
 
@@ -76,9 +79,11 @@ def _batch_stats(model: FlowVAE, x: Tensor, k: int) -> tuple[dict[str, Tensor], 
     """Per-batch sums (float64 scalars) and per-image rows (e.g. the posterior means) of one batch."""
     out = model.loss(x)
     sums = {t: out[t].double().sum() for t in model_terms(model)}
-    if k > 1:
-        sums[f"iw{k}_bpd"] = model.bound.bpd(-model.log_prob(x, k=k)).double().sum()
     rows = {"elbo": out["elbo_bpd"].float()[:, None]}  # per image: one odd image can dominate a mean
+    if k > 1:
+        iw = model.bound.bpd(-model.log_prob(x, k=k)).double()
+        sums[f"iw{k}_bpd"] = iw.sum()
+        rows["iw"] = iw.float()[:, None]  # per image too: far less noisy than one draw's ELBO
     if model.hybrid:
         rows["mu"] = out["z_mean"].float()
     return sums, rows
@@ -125,6 +130,11 @@ def _evaluate(model: FlowVAE, dataset, k: int, batch_size: int, limit: int, prog
     elbo = (D.gather_rows(elbo_local, row_pos, n, info) if info.enabled else elbo_local).cpu()[:, 0]
     res["elbo_bpd_median"] = elbo.median().item()
     res["elbo_bpd_max"], res["elbo_bpd_max_index"] = elbo.max().item(), int(elbo.argmax())
+    if k > 1:  # the same for the importance-weighted bound of each image
+        iw_local = torch.cat(rows["iw"]) if rows else torch.zeros(0, 1, device=dev)
+        iw = (D.gather_rows(iw_local, row_pos, n, info) if info.enabled else iw_local).cpu()[:, 0]
+        res[f"iw{k}_bpd_median"] = iw.median().item()
+        res[f"iw{k}_bpd_max"], res[f"iw{k}_bpd_max_index"] = iw.max().item(), int(iw.argmax())
     if model.hybrid:
         if rows:
             mu_local = torch.cat(rows["mu"])
