@@ -670,6 +670,9 @@ class Score(ModelCommand):
                                                                                  "without --images (default: test)")
         p.add_argument("--limit", type=NON_NEGATIVE, default=0, help="only the first N images (default: 0 = all)")
         p.add_argument("--k", type=POSITIVE, default=1, help="draws of (z, u) averaged in the bound (default: 1)")
+        p.add_argument("--iw", type=NON_NEGATIVE, default=0, metavar="K",
+                       help="also iw_bpd, the importance-weighted bound over K > 1 draws (evaluate's iwK_bpd): the "
+                            "per-image score that least depends on the draw (default: 0 = off)")
         p.add_argument("--reference", metavar="CHECKPOINT",
                        help="a local background model (e.g. a model.type=glow model.coupling_kernels=[1,1] run on the "
                             "same data): adds reference_bpd and the likelihood ratio lr_bpd = bpd - reference_bpd")
@@ -681,9 +684,11 @@ class Score(ModelCommand):
     def check(self, job):
         from .checkpoint import load_checkpoint
         from .data import load_dataset
-        from .uses.score import check_reference
+        from .uses.score import check_iw, check_reference
 
         a, model = job.args, job.model
+        with user_input():
+            check_iw(a.iw)
         if a.reference:
             job.inputs["reference"] = load_checkpoint(a.reference, device=model.device)[0]
             with user_input():
@@ -696,7 +701,7 @@ class Score(ModelCommand):
 
         a, ds = job.args, job.inputs["ds"]
         scores, labels = score_dataset(job.model, ds, k=a.k, batch_size=a.batch_size, limit=a.limit, progress=not a.no_progress,
-                                       reference=job.inputs.get("reference"))
+                                       reference=job.inputs.get("reference"), iw=a.iw)
         n = len(labels)
         source = [str(f) for f in ds.files[:n]] if a.images else [f"{a.split}{i}" for i in range(n)]
         with open(job.out["--out"], "w", newline="") as fh:

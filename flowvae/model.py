@@ -372,12 +372,13 @@ class FlowVAE(nn.Module):
         return self.decode(z, eps)
 
     # ------------------------------------------ uses: anomaly scores, inpainting, denoising
-    def score(self, x: Tensor, k: int = 1, split: Optional[bool] = None, reference=None) -> dict[str, Tensor]:
+    def score(self, x: Tensor, k: int = 1, split: Optional[bool] = None, reference=None, iw: int = 0) -> dict[str, Tensor]:
         """Per-image anomaly scores in bits/dim, higher = more anomalous: 'bpd' (negative ELBO, k draws),
         'global_bpd' / 'local_bpd' (hybrid: KL of the code / the rest), 'complexity_bpd' (PNG code
         length), 'ic_bpd' (bpd - complexity_bpd, Serra et al. 2020) and, with a ``reference`` model
-        (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd). See uses/score.py."""
-        return _score.score_images(self, x, k=k, split=split, reference=reference)
+        (a local background flow), 'reference_bpd' and 'lr_bpd' (bpd - reference_bpd); with ``iw`` > 1,
+        'iw_bpd' (the importance-weighted bound over ``iw`` draws). See uses/score.py."""
+        return _score.score_images(self, x, k=k, split=split, reference=reference, iw=iw)
 
     def inpaint(self, x: Tensor, mask: Tensor, samples: int = 0, steps: int = 200, **kw) -> dict[str, Tensor]:
         """Fill the pixels where the bool ``mask`` is True: {'map': uint8 [N, C, H, W], 'samples':

@@ -131,6 +131,21 @@ def test_lr_score_of_a_model_against_itself_is_zero_and_mismatched_references_ar
         hybrid.score(x, reference="runs/local")
 
 
+def test_score_iw_column_is_the_importance_weighted_bound(trained, tmp_path, capsys):
+    run, model, x = trained
+    torch.manual_seed(0)
+    s = model.score(x[:24], k=1, iw=16)
+    assert set(s) >= {"bpd", "iw_bpd"} and s["iw_bpd"].shape == (24,) and torch.isfinite(s["iw_bpd"]).all()
+    # the tighter bound: below the mean of 16 one-draw ELBOs, image by image on average
+    elbo16 = model.score(x[:24], k=16)["bpd"]
+    assert s["iw_bpd"].mean() < elbo16.mean()
+    out = tmp_path / "s.csv"
+    assert main(["score", "--checkpoint", str(run), "--limit", "8", "--iw", "4", "--out", str(out)]) == 0
+    assert "iw_bpd" in out.read_text().splitlines()[0].split(",")
+    assert main(["score", "--checkpoint", str(run), "--limit", "8", "--iw", "1", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "iw=1" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+
+
 def test_score_cli_reference(tmp_path, capsys, single_thread):
     """``flowvae score --reference``: the lr_bpd column, and a one-line error for a mismatched reference."""
     from dataclasses import asdict
