@@ -1,7 +1,7 @@
 """The tables of experiments/global_swap/README.md: the runs' bound and swap (results/eval_<run>.json,
 results/analysis_<run>.json), then the from-scratch runs' periodic evaluations against the base run's
 (results/curves/<run>/curve.json, written by experiments/hierarchy_full/curve.py RUN --out results/curves),
-then the late phase on today's recipe.
+then the late phase on today's recipe and on the 24,000-step model.
 
     python experiments/global_swap/table.py
 """
@@ -23,6 +23,14 @@ RUNS_SIG = [("base_sig", "the 9,172-step run of today's recipe (pretrained:fashi
              BASE / "eval_s9172_tail2_sig.json", BASE / "analysis_s9172_tail2_sig.json"),
             ("sig_b01_long", "+4,000 steps, KL weight 0.1", HERE / "results" / "eval_sig_b01_long.json",
              HERE / "results" / "analysis_sig_b01_long.json")]
+# the 24,000-step model (pretrained:fashion_mnist since 2026-12-03), continued from its weights with a fresh
+# AdamW (run_24k.sh); all three judged by the judge file trained on 2026-12-04 (CNN test accuracy 0.8701)
+RUNS_24K = [("base_24k", "the 24,000-step run (pretrained:fashion_mnist)", HERE.parent / "bits_budget" / "results" /
+             "eval_fm24k_sig.json", HERE / "results" / "analysis_base_24k.json")]
+RUNS_24K += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results" / f"analysis_{run}.json")
+             for run, what in (("fm24k_more", "+4,000 steps, KL weight 1 (the control)"),
+                               ("fm24k_b01", "+4,000 steps, KL weight 0.1"),
+                               ("fm24k_b003", "+4,000 steps, KL weight 0.03"))]
 
 
 def main(runs: list) -> None:
@@ -66,3 +74,5 @@ if __name__ == "__main__":
     curves()
     print()
     main(RUNS_SIG)
+    print()
+    main(RUNS_24K)
