@@ -24,7 +24,7 @@ RUNS_SIG = [("base_sig", "the 9,172-step run of today's recipe (pretrained:fashi
             ("sig_b01_long", "+4,000 steps, KL weight 0.1", HERE / "results" / "eval_sig_b01_long.json",
              HERE / "results" / "analysis_sig_b01_long.json")]
 # the 24,000-step model (pretrained:fashion_mnist since 2026-12-03), continued from its weights with a fresh
-# AdamW (run_24k.sh); all three judged by the judge file trained on 2026-12-04 (CNN test accuracy 0.8701)
+# AdamW (run_24k.sh); every row judged by the judge file trained on 2026-12-04 (CNN test accuracy 0.8701)
 RUNS_24K = [("base_24k", "the 24,000-step run (pretrained:fashion_mnist)", HERE.parent / "bits_budget" / "results" /
              "eval_fm24k_sig.json", HERE / "results" / "analysis_base_24k.json")]
 RUNS_24K += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results" / f"analysis_{run}.json")
