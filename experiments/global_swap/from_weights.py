@@ -8,6 +8,12 @@ experiment's README says so where it reports a phase started this way.
 
     python experiments/global_swap/from_weights.py --checkpoint pretrained:fashion_mnist --out runs/fm24k
     flowvae train --out runs/fm24k --resume loss.kl_beta=0.1 train.max_steps=28000 train.threads=1
+
+Overrides after the options change the config first. One that adds modules the shipped model lacks (a flow
+prior on z, ``model.prior=flow``) starts them from their own initialisation; the flow prior's coupling nets
+start at zero, so the new model is the shipped one until training moves it. Any other mismatch is an error.
+
+    python experiments/global_swap/from_weights.py --checkpoint pretrained:fashion_mnist --out runs/fp model.prior=flow
 """
 import argparse
 from pathlib import Path
@@ -15,6 +21,7 @@ from pathlib import Path
 import torch
 
 from flowvae.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint
+from flowvae.config import apply_overrides
 from flowvae.data import load_dataset
 from flowvae.engine.train import build_optimizer, write_config
 from flowvae.model import FlowVAE
@@ -24,13 +31,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="pretrained:NAME, a run directory or a checkpoint file")
     ap.add_argument("--out", required=True, type=Path, help="the run directory to create (must not hold a run)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value changes to the shipped config")
     a = ap.parse_args()
     if (a.out / "checkpoint.pt").exists():
         raise SystemExit(f"error: {a.out} already holds a run")
     state = read_checkpoint(a.checkpoint)
-    cfg = checkpoint_config(state, a.checkpoint)
+    cfg = apply_overrides(checkpoint_config(state, a.checkpoint), a.overrides)
     model = FlowVAE.from_config(cfg)
-    model.load_state_dict(state["model"])
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    new = [k for k in missing if ".prior." in k]
+    if unexpected or len(new) != len(missing):
+        raise SystemExit(f"error: the overrides change more than they add: missing {sorted(set(missing) - set(new))}, "
+                         f"unexpected {unexpected}")
+    if new:
+        print(f"{len(new)} tensors new to the shipped model start from their initialisation: {new[0]} ...")
     opt = build_optimizer(cfg, model)
     batches = len(load_dataset(cfg.data, cfg.model, "train")) // cfg.train.batch_size
     step = int(state["step"])

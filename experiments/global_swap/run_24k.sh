@@ -6,6 +6,8 @@
 # the reported bound always uses KL weight 1. One thread each, side by side (THREADS=2 for a run alone).
 #   bash experiments/global_swap/run_24k.sh RUNS_DIR                          # fm24k_b01 and fm24k_more
 #   THREADS=2 bash experiments/global_swap/run_24k.sh RUNS_DIR fm24k_b003:0.03  # NAME:KL_WEIGHT ...
+#   MODEL=model.prior=flow bash experiments/global_swap/run_24k.sh RUNS_DIR fm24k_fp:1 fm24k_fp_b01:0.1
+# MODEL holds config changes for from_weights.py (a flow prior on z starts as the shipped N(0, I)).
 set -euo pipefail
 RUNS=${1:?directory for the runs}
 shift
@@ -17,7 +19,7 @@ PY=${PYTHON:-python}
 for run in "${SPECS[@]}"; do
   name=${run%%:*}; beta=${run##*:}
   rm -rf "${RUNS:?}/$name"
-  $PY experiments/global_swap/from_weights.py --checkpoint pretrained:fashion_mnist --out "$RUNS/$name"
+  $PY experiments/global_swap/from_weights.py --checkpoint pretrained:fashion_mnist --out "$RUNS/$name" ${MODEL:-}
   $PY -m flowvae train --out "$RUNS/$name" --resume "loss.kl_beta=$beta" train.max_steps=28000 train.max_minutes=0 \
     train.threads="$THREADS" train.checkpoint_every=500 --no-progress > "$RUNS/$name.log" 2>&1 &
 done

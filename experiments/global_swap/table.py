@@ -1,7 +1,8 @@
 """The tables of experiments/global_swap/README.md: the runs' bound and swap (results/eval_<run>.json,
 results/analysis_<run>.json), then the from-scratch runs' periodic evaluations against the base run's
 (results/curves/<run>/curve.json, written by experiments/hierarchy_full/curve.py RUN --out results/curves),
-then the late phase on today's recipe and on the 24,000-step model.
+then the late phase on today's recipe and on the 24,000-step model, then the flow prior on z against the normal
+prior on the 24,000-step model.
 
     python experiments/global_swap/table.py
 """
@@ -31,6 +32,11 @@ RUNS_24K += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results"
              for run, what in (("fm24k_more", "+4,000 steps, KL weight 1 (the control)"),
                                ("fm24k_b01", "+4,000 steps, KL weight 0.1"),
                                ("fm24k_b003", "+4,000 steps, KL weight 0.03"))]
+# one change against each of two rows above: a flow prior on z (model.prior=flow, from the shipped N(0, I))
+RUNS_FP = RUNS_24K[:1] + [r for r in RUNS_24K if r[0] in ("fm24k_more", "fm24k_b01")]
+RUNS_FP += [(run, what, HERE / "results" / f"eval_{run}.json", HERE / "results" / f"analysis_{run}.json")
+            for run, what in (("fm24k_fp", "+4,000 steps, KL weight 1, flow prior on z"),
+                              ("fm24k_fp_b01", "+4,000 steps, KL weight 0.1, flow prior on z"))]
 
 
 def main(runs: list) -> None:
@@ -48,6 +54,23 @@ def main(runs: list) -> None:
               f"{a['groups']['global']['active_units']} of 64 | {sw['to_global_class']['cnn']:.3f} / "
               f"{sw['to_global_class']['logreg']:.3f} | {sw['texture_follows_local']:.3f} | "
               f"{a['resample']['global']['class_change']['cnn']:.3f} |")
+
+
+def wider(runs: list) -> None:
+    """The 24,000-step rows measured more widely: 10,000 swap pairs (results/analysis10k_<run>.json) and the
+    bound importance-weighted over 32 draws (results/eval32_<run>.json), where they were run."""
+    print("| run | swap → B's class, 10,000 pairs (cnn / logreg) | texture follows A | test iw32_bpd (10,000) | "
+          "its elbo_bpd |")
+    print("|---|---|---|---|---|")
+    for run, *_ in runs:
+        an, ev = HERE / "results" / f"analysis10k_{run}.json", HERE / "results" / f"eval32_{run}.json"
+        if not an.exists():
+            continue
+        sw = json.loads(an.read_text())["swap"]["global"]
+        e = json.loads(ev.read_text()) if ev.exists() else None
+        iw = (f"{e['iw32_bpd']:.4f}", f"{e['elbo_bpd']:.4f}") if e else ("-", "-")
+        print(f"| {run} | {sw['to_global_class']['cnn']:.4f} / {sw['to_global_class']['logreg']:.4f} | "
+              f"{sw['texture_follows_local']:.3f} | {iw[0]} | {iw[1]} |")
 
 
 CURVES = [("base (KL weight 1)", HERE.parent / "hierarchy_full" / "results" / "global" / "curve.json", BASE / "eval_shiftclamp8.json"),
@@ -76,3 +99,7 @@ if __name__ == "__main__":
     main(RUNS_SIG)
     print()
     main(RUNS_24K)
+    print()
+    main(RUNS_FP)
+    print()
+    wider(RUNS_24K + RUNS_FP[3:])
