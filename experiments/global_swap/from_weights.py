@@ -38,7 +38,10 @@ def main() -> None:
     state = read_checkpoint(a.checkpoint)
     cfg = apply_overrides(checkpoint_config(state, a.checkpoint), a.overrides)
     model = FlowVAE.from_config(cfg)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as e:  # a shape changed (model.z_dim, model.hidden, ...): those weights cannot be reused
+        raise SystemExit(f"error: the overrides change the shape of shipped weights: {str(e).splitlines()[1].strip()}")
     new = [k for k in missing if ".prior." in k]
     if unexpected or len(new) != len(missing):
         raise SystemExit(f"error: the overrides change more than they add: missing {sorted(set(missing) - set(new))}, "
