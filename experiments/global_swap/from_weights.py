@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from flowvae.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint
-from flowvae.config import apply_overrides
+from flowvae.config import ConfigError, apply_overrides
 from flowvae.data import load_dataset
 from flowvae.engine.train import build_optimizer, write_config
 from flowvae.model import FlowVAE
@@ -36,7 +36,10 @@ def main() -> None:
     if (a.out / "checkpoint.pt").exists():
         raise SystemExit(f"error: {a.out} already holds a run")
     state = read_checkpoint(a.checkpoint)
-    cfg = apply_overrides(checkpoint_config(state, a.checkpoint), a.overrides)
+    try:
+        cfg = apply_overrides(checkpoint_config(state, a.checkpoint), a.overrides)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     model = FlowVAE.from_config(cfg)
     try:
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
