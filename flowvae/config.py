@@ -63,6 +63,7 @@ class LossConfig:
     """The training loss (objective.py). Reported bounds (elbo_bpd, iw{K}_bpd) never use these: they are
     always the true bound. A run may change any of them on --resume."""
     kl_beta: float = 1.0            # weight on the KL
+    level_kl_beta: list = field(default_factory=list)  # hierarchical: one weight per level code z_l (level 0 first) instead of kl_beta
     free_bits: float = 0.0          # nats per global-code dim below which its KL is not penalised
     level_free_bits: float = 0.0    # the same, per dim of each level latent z_l (hierarchical)
     kl_warmup_steps: int = 0        # the KL weight ramps linearly from 0 to kl_beta over these steps
@@ -160,6 +161,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if isinstance(default, list) and where in _NUMBER_LISTS:  # a per-level list of numbers (checked in validate)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            return [float(v) for v in items]
+        raise ConfigError(f"{where}: expected a list of numbers (one per level), got {value!r}")
     if isinstance(default, list) and not default:  # a per-level list of ints, any length (checked in validate)
         if isinstance(value, int) and not isinstance(value, bool):
             return [value]
@@ -188,6 +194,7 @@ _ALIASES = {"learning_rate": "lr", "learningrate": "lr", "num_threads": "threads
 
 
 # Keys that lived in another section in earlier versions (configs and checkpoints written then still load).
+_NUMBER_LISTS = {"loss.level_kl_beta"}  # list keys of floats; every other list key holds ints
 _MOVED = {("model", "kl_beta"): "loss", ("model", "free_bits"): "loss", ("model", "level_free_bits"): "loss",
           ("model", "tc_weight"): "loss", ("train", "kl_warmup_steps"): "loss"}
 
@@ -354,6 +361,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.z_maps must be >= 0, and needs model.type=hybrid, got {m.z_maps}")
     if cfg.loss.tc_weight and m.type != "hybrid":
         raise ConfigError(f"loss.tc_weight={cfg.loss.tc_weight} needs model.type=hybrid (a flow-only Glow has no code z)")
+    lb = cfg.loss.level_kl_beta
+    if lb and (m.type != "hybrid" or m.injection != "hierarchical" or len(lb) != m.levels
+               or not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in lb)):
+        raise ConfigError(f"loss.level_kl_beta needs model.injection=hierarchical and one weight >= 0 per level "
+                          f"(model.levels={m.levels}, level 0 first), got {lb}")
     if m.prior == "flow" and m.z_dim % 2:
         raise ConfigError(f"model.prior=flow needs an even model.z_dim, got {m.z_dim}")
     t, e, d = cfg.train, cfg.eval, cfg.data
@@ -370,7 +382,7 @@ def validate(cfg: Config) -> None:
                     "eval.limit": e.limit, "data.limit_train": d.limit_train,
                     "data.limit_test": d.limit_test, "data.workers": d.workers, "data.image_size": d.image_size,
                     **{f"loss.{f.name}": getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss)
-                       if not isinstance(getattr(cfg.loss, f.name), str)}}
+                       if isinstance(getattr(cfg.loss, f.name), (int, float))}}
     for name, v in non_negative.items():
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")

@@ -108,12 +108,19 @@ class Objective:
 
         self.cfg = cfg if cfg is not None else LossConfig()
 
-    def kl_scale(self, step: Optional[int] = None, warmup: Optional[int] = None) -> float:
-        """The KL's weight in the training loss at optimiser step ``step`` (0-based): kl_beta times the
-        linear warm-up over ``warmup`` steps (default kl_warmup_steps; None step: after warm-up)."""
+    def kl_scale(self, step: Optional[int] = None, warmup: Optional[int] = None, beta: Optional[float] = None) -> float:
+        """The KL's weight in the training loss at optimiser step ``step`` (0-based): ``beta`` (default kl_beta)
+        times the linear warm-up over ``warmup`` steps (default kl_warmup_steps; None step: after warm-up)."""
         warm = self.cfg.kl_warmup_steps if warmup is None else warmup
         ramp = 1.0 if step is None or not warm else min(1.0, (step + 1) / warm)
-        return self.cfg.kl_beta * ramp
+        return (self.cfg.kl_beta if beta is None else beta) * ramp
+
+    def beta(self, group: str) -> float:
+        """The KL weight of one latent group after warm-up: level_kl_beta[l] for level code l where it is set,
+        else kl_beta."""
+        if self.cfg.level_kl_beta and group.startswith("level"):
+            return float(self.cfg.level_kl_beta[int(group[len("level"):])])
+        return self.cfg.kl_beta
 
     def warmup_steps(self, group: str, levels: int) -> int:
         """The KL warm-up of one latent group of a model with ``levels`` level codes. ``together``: every group
@@ -132,11 +139,11 @@ class Objective:
 
     def kl_weights(self, step: Optional[int], groups) -> Union[float, dict[str, float]]:
         """The KL weight the training loop passes to ``loss`` at ``step``: one number when every group warms
-        up together, else a number per group of ``groups`` (names)."""
-        if self.cfg.kl_warmup_order == "together":
+        up together with one weight, else a number per group of ``groups`` (names)."""
+        if self.cfg.kl_warmup_order == "together" and not self.cfg.level_kl_beta:
             return self.kl_scale(step)
         levels = sum(g.startswith("level") for g in groups)
-        return {g: self.kl_scale(step, self.warmup_steps(g, levels)) for g in groups}
+        return {g: self.kl_scale(step, self.warmup_steps(g, levels), self.beta(g)) for g in groups}
 
     def free_bits(self, group: str) -> float:
         """Free nats per dimension of a latent group in the training loss."""

@@ -215,6 +215,29 @@ def test_coarse_first_warms_the_finest_code_up_last_and_weights_each_group():
     assert torch.allclose(out["elbo_bpd"], (5.0 + d * 8 * LN2 + 0.5 + kl_total) / (d * LN2))
 
 
+def test_level_kl_beta_weights_each_level_code_on_its_own():
+    from flowvae.config import ConfigError, LossConfig, load_config
+
+    groups = ["global", "level0", "level1"]
+    obj = Objective(LossConfig(kl_beta=0.1, level_kl_beta=[1.0, 0.3], kl_warmup_steps=100))
+    assert obj.kl_weights(None, groups) == {"global": 0.1, "level0": 1.0, "level1": 0.3}
+    assert obj.kl_weights(9, groups) == pytest.approx({"global": 0.01, "level0": 0.1, "level1": 0.03})  # warm-up too
+    bound = Bound(4, 8)
+    kl = {"global": (torch.tensor([1.0, 2.0]), None), "level0": (torch.tensor([3.0, 5.0]), None),
+          "level1": (torch.tensor([7.0, 11.0]), None)}
+    t = terms(torch.full((2,), -5.0), torch.full((2,), 0.5), torch.tensor([11.0, 18.0]), kl)
+    out = obj.loss(t, bound, {"global": 2, "level0": 3, "level1": 1}, kl_weight=obj.kl_weights(None, groups))
+    train_kl = 0.1 * kl["global"][0] + 1.0 * kl["level0"][0] + 0.3 * kl["level1"][0]
+    assert torch.allclose(out["loss"], ((5.0 + 4 * 8 * LN2 + 0.5 + train_kl) / (4 * LN2)).mean())
+    hier = ["model.type=hybrid", "model.injection=hierarchical", "model.levels=2"]
+    assert load_config(None, hier + ["loss.level_kl_beta=[1,0.1]"]).loss.level_kl_beta == [1.0, 0.1]
+    for bad in (["loss.level_kl_beta=[1]"], ["loss.level_kl_beta=[1,-0.1]"], ["loss.level_kl_beta=[1,x]"]):
+        with pytest.raises(ConfigError, match="loss.level_kl_beta"):
+            load_config(None, hier + bad)
+    with pytest.raises(ConfigError, match="model.injection=hierarchical"):  # a global model has no level codes
+        load_config(None, ["model.type=hybrid", "model.levels=2", "loss.level_kl_beta=[1,1]"])
+
+
 def test_kl_warmup_order_is_checked():
     from flowvae.config import ConfigError, load_config
 
