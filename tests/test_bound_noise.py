@@ -52,6 +52,7 @@ def images():
     ("fashion_mnist", False),
     ("fashion_mnist_hierarchical", False),
     ("fashion_mnist_levels", False),
+    ("fashion_mnist_swap", False),
     # measured with these draws: test image 6573 spans 76.30..100.97 (the first hierarchical weights: 15.54..256.54)
     pytest.param("fashion_mnist_hierarchical", True, marks=_old("a normal base multiplies each move of eps by eps")),
 ])
@@ -77,6 +78,7 @@ MAX_MOVE = 1.0  # bits/dim: under one bit, the issue's "a fraction of a bit"
 @pytest.mark.slow
 @pytest.mark.parametrize("name,normal_base", [
     ("fashion_mnist", False), ("fashion_mnist_hierarchical", False), ("fashion_mnist_levels", False),
+    ("fashion_mnist_swap", False),
     pytest.param("fashion_mnist_hierarchical", True, marks=_old("a normal base multiplies each move of eps by eps"))])
 def test_no_draw_moves_a_hard_image_by_a_bit(name, normal_base):
     """Rare draws are what break a bound: under the earlier pretrained:fashion_mnist (couplings that could expand,
@@ -106,6 +108,7 @@ MAX_IW_SPREAD = 0.25  # bits/dim between the highest and lowest of DRAWS for one
     ("fashion_mnist", False, IW_K),
     ("fashion_mnist_hierarchical", False, IW_K),
     ("fashion_mnist_levels", False, IW_K),
+    ("fashion_mnist_swap", False, IW_K),
     # measured with these draws: 6573 spans 8.67 bits/dim even under the importance-weighted bound
     pytest.param("fashion_mnist_hierarchical", True, IW_K, marks=_old("a normal base multiplies each move of eps by eps")),
     # measured with these draws: one draw's ELBO of 8910 spans 1.16 bits/dim (its importance-weighted bound 0.09)

@@ -64,13 +64,14 @@ def test_retired_names_say_what_to_use(old, new, tmp_path, capsys):
 def test_every_shipped_model_says_what_it_is_and_how_it_was_trained():
     from flowvae.pretrained import info
 
-    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical", "fashion_mnist_levels"]
+    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical", "fashion_mnist_levels", "fashion_mnist_swap"]
     for name in available():
         meta = info(name)
         assert meta["description"] and meta["trained_by"] and meta["eval_full"]["images"] == 10000
 
 
-@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2), ("fashion_mnist_levels", 2)])
+@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2), ("fashion_mnist_levels", 2),
+                                         ("fashion_mnist_swap", 2)])
 def test_shipped_models_in_todays_layout(name, levels, sample_test):
     """Every shipped model: written with today's parameter names (one module per latent group), trained
     (a fresh model scores ~8 bits/dim), exact, and every latent group re-drawable."""
@@ -91,16 +92,25 @@ def test_shipped_models_in_todays_layout(name, levels, sample_test):
         assert not torch.equal(model.resample_level(x[:4], group, generator=torch.Generator().manual_seed(0)), x[:4])
 
 
-@pytest.mark.parametrize("name,config", [("fashion_mnist", "fashion_mnist_24k.yaml"),
-                                         ("fashion_mnist_hierarchical", "fashion_mnist_hierarchical.yaml"),
-                                         ("fashion_mnist_levels", "fashion_mnist_levels.yaml")])
-def test_shipped_models_were_trained_by_their_config(name, config):
-    """The config file a shipped model names in trained_by gives its model and loss (and the step count)."""
+# fashion_mnist_swap: a run of configs/fashion_mnist_levels.yaml with today's recipe keys, then a 4,000-step phase
+# at other KL weights from its weights (experiments/global_swap/run_24k.sh): trained_by names both commands
+SWAP_RECIPE = ["model.coupling_scale=sigmoid", "model.base_tail=2", "train.grad_clip=10"]
+SWAP_PHASE = ["loss.kl_beta=0.3", "loss.level_kl_beta=[1,0.3]", "train.max_steps=13172"]
+
+
+@pytest.mark.parametrize("name,config,overrides", [("fashion_mnist", "fashion_mnist_24k.yaml", []),
+                                                   ("fashion_mnist_hierarchical", "fashion_mnist_hierarchical.yaml", []),
+                                                   ("fashion_mnist_levels", "fashion_mnist_levels.yaml", []),
+                                                   ("fashion_mnist_swap", "fashion_mnist_levels.yaml", SWAP_RECIPE + SWAP_PHASE)])
+def test_shipped_models_were_trained_by_their_config(name, config, overrides):
+    """The config file a shipped model names in trained_by, with the overrides its commands give, is its model
+    and loss (and the step count)."""
     from flowvae.pretrained import info
 
     meta = info(name)
     assert f"configs/{config}" in meta["trained_by"]
-    want = load_config(Path(__file__).resolve().parents[1] / "configs" / config).to_dict()
+    assert all(o in meta["trained_by"] for o in overrides if not o.startswith("train.max_steps"))
+    want = load_config(Path(__file__).resolve().parents[1] / "configs" / config, overrides).to_dict()
     shipped = load_config(None, []).to_dict()
     for section in ("model", "loss"):
         shipped[section].update(meta["config"][section])
