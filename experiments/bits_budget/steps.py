@@ -3,11 +3,12 @@ its own steps, scored at its end on all 10,000 test images; the periodic evaluat
 show each cosine on the way. Runs are grouped by recipe (the recipe before 2026-12-03, and today's with its
 bounds: sigmoid coupling scale, linear tails beyond 2, clip 10), and the gain per doubling of the steps is
 computed within a recipe only. Prints the tables of experiments/bits_budget/README.md ("A longer cosine", "The
-24,000-step run of today's recipe") and writes results/steps.png and its copy for the docs site,
+24,000-step run of today's recipe", "30,000 steps") and writes results/steps.png and its copy for the docs site,
 docs/img/bits_steps.png.
 
     python experiments/hierarchy_full/curve.py runs/fm_18k --out experiments/bits_budget/results/curves
     python experiments/hierarchy_full/curve.py runs/fm24k_sig --out experiments/bits_budget/results/curves
+    python experiments/hierarchy_full/curve.py runs/fm30k_2t --out experiments/bits_budget/results/curves
     python experiments/bits_budget/steps.py
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ RUNS = {
                         BOUNDED / "curves" / "s9172_tail2_sig" / "curve.json", "shipped before the 24,000-step run"),
     "fm24k_sig": (TODAY, 24000, RESULTS / "eval_fm24k_sig.json", RESULTS / "curves" / "fm24k_sig" / "curve.json",
                   "pretrained:fashion_mnist (configs/fashion_mnist_24k.yaml)"),
+    "fm30k_2t": (TODAY, 30000, RESULTS / "eval_fm30k_2t.json", RESULTS / "curves" / "fm30k_2t" / "curve.json",
+                 "configs/fashion_mnist_30k.yaml, two idle threads"),
 }
 THREE_HOURS_STEPS = 19_100  # results/time_plan.txt: 1.77 steps/s on two idle threads, times 3 hours
 FAST_DAY_STEPS = 26_900  # results/thread_speed.txt: 2.49 steps/s, measured on a faster day
