@@ -28,6 +28,9 @@ def main() -> None:
           "| median image (iw32) | worst image (iw32) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for run, how, train_file, eval_file in ROWS:
+        if not train_file.exists():
+            print(f"| {run} | not run yet: {train_file.name} is missing | | | | | | | |")
+            continue
         t = json.loads(train_file.read_text())
         steps, minutes = t["step"], t["train_minutes"]
         if not eval_file.exists():  # only one draw's ELBO was measured (evaluate --k 1, the file steps.py reads)
