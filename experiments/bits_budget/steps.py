@@ -55,6 +55,8 @@ def _gains(ends: list[tuple[int, float]]) -> None:
         print("the last step up did not lower the mean bound: no extrapolation")
         return
     for target in (3.10, 3.00):
+        if target >= b1:  # reached already
+            continue
         need = n1 * 2 ** ((b1 - target) / per_doubling)
         print(f"an extrapolation, not a measurement: if the last gain per doubling held, {target:.2f} would take "
               f"about {need:,.0f} steps ({need / THREE_HOURS_STEPS:.1f} times the {THREE_HOURS_STEPS:,} of three "
