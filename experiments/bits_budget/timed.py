@@ -28,16 +28,8 @@ def main() -> None:
           "| median image (iw32) | worst image (iw32) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for run, how, train_file, eval_file in ROWS:
-        if not train_file.exists():
-            print(f"| {run} | not run yet: {train_file.name} is missing | | | | | | | |")
-            continue
         t = json.loads(train_file.read_text())
         steps, minutes = t["step"], t["train_minutes"]
-        if not eval_file.exists():  # only one draw's ELBO was measured (evaluate --k 1, the file steps.py reads)
-            e = json.loads((RESULTS / f"eval_{run.split()[0]}.json").read_text())
-            print(f"| {run} | {how} | {steps:,} | {minutes:.1f} | {steps / (60 * minutes):.2f} | {e['elbo_bpd']:.4f} | "
-                  "not measured | | |")
-            continue
         e = json.loads(eval_file.read_text())
         print(f"| {run} | {how} | {steps:,} | {minutes:.1f} | {steps / (60 * minutes):.2f} | {e['elbo_bpd']:.4f} | "
               f"{e['iw32_bpd']:.4f} | {e['iw32_bpd_median']:.4f} | {e['iw32_bpd_max']:.2f} ({e['iw32_bpd_max_index']}) |")
