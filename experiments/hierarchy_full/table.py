@@ -30,12 +30,15 @@ def _load(path: Path):
 def files(run: str) -> dict:
     if run == "global":
         return {"eval": _load(GLOBAL / "eval_shiftclamp8.json"), "analysis": _load(GLOBAL / "analysis_shiftclamp8.json"),
-                "curve": _load(RESULTS / "global" / "curve.json")}
+                "curve": _load(RESULTS / "global" / "curve.json"), "eval_k32": _load(RESULTS / "global" / "eval_k32.json")}
     if run == "global_sig":  # experiments/bounded_flow, section 9 (run s9172_tail2_sig)
         return {"eval": _load(GLOBAL / "eval_s9172_tail2_sig.json"), "analysis": _load(GLOBAL / "analysis_s9172_tail2_sig.json"),
-                "curve": _load(GLOBAL / "curves" / "s9172_tail2_sig" / "curve.json")}
+                "curve": _load(GLOBAL / "curves" / "s9172_tail2_sig" / "curve.json"),
+                **{k: _load(RESULTS / "global_sig" / f"{k}.json") for k in ("eval_k32", "eval_k32_first1000",
+                                                                             "eval_k128_first1000")}}
     d = RESULTS / run
-    return {k: _load(d / f"{k}.json") for k in ("eval", "analysis", "mechanism", "curve")}
+    return {k: _load(d / f"{k}.json") for k in ("eval", "analysis", "mechanism", "curve", "eval_k32",
+                                                "eval_k32_first1000", "eval_k128_first1000")}
 
 
 def _cell(c: dict, key: str, s: int, fmt: str) -> str:
@@ -79,6 +82,44 @@ def final_table(data: dict) -> list[str]:
     return rows
 
 
+REFERENCE = {"hier_c1": "global", "levels_sig": "global_sig"}  # the global model of the same recipe and steps
+
+
+def bound_table(data: dict) -> list[str]:
+    """Both bounds of evaluate --k 32 (one pass, seed 0) on all 10,000 test images, and each per-level model's
+    distance to the global model of its recipe under each."""
+    rows = ["| run | weights scored | ELBO, one draw | importance-weighted, 32 draws | ELBO - iw32 | KL nats | "
+            "ELBO - its global model's | iw32 - its global model's |", "|---|---|---|---|---|---|---|---|"]
+    for run, f in data.items():
+        e = f.get("eval_k32")
+        if not e:
+            continue
+        ref = (data.get(REFERENCE.get(run)) or {}).get("eval_k32")
+        diff = (f"{e['elbo_bpd'] - ref['elbo_bpd']:+.4f} | {e['iw32_bpd'] - ref['iw32_bpd']:+.4f}" if ref
+                else "(reference) | (reference)" if run in REFERENCE.values() else "- | -")
+        rows.append(f"| {run} | {e['checkpoint']} | {e['elbo_bpd']:.4f} | {e['iw32_bpd']:.4f} | {e['elbo_bpd'] - e['iw32_bpd']:.4f} | "
+                    f"{e['kl_nats']:.1f} | {diff} |")
+    return rows
+
+
+def k_table(data: dict) -> list[str]:
+    """The importance-weighted bound at K = 32 and 128 on the first 1,000 test images: how much more a larger K
+    takes off, and the per-level model's distance to its global model at each K."""
+    rows = ["| run | ELBO, one draw (K = 128 pass) | iw32 | iw128 | iw32 - iw128 | iw32 - its global model's | "
+            "iw128 - its global model's |", "|---|---|---|---|---|---|---|"]
+    for run, f in data.items():
+        a, b = f.get("eval_k32_first1000"), f.get("eval_k128_first1000")
+        if not (a and b):
+            continue
+        ref = data.get(REFERENCE.get(run)) or {}
+        ra, rb = ref.get("eval_k32_first1000"), ref.get("eval_k128_first1000")
+        diff = (f"{a['iw32_bpd'] - ra['iw32_bpd']:+.4f} | {b['iw128_bpd'] - rb['iw128_bpd']:+.4f}" if ra and rb
+                else "(reference) | (reference)" if run in REFERENCE.values() else "- | -")
+        rows.append(f"| {run} | {b['elbo_bpd']:.4f} | {a['iw32_bpd']:.4f} | {b['iw128_bpd']:.4f} | "
+                    f"{a['iw32_bpd'] - b['iw128_bpd']:.4f} | {diff} |")
+    return rows
+
+
 def mechanism_table(data: dict) -> list[str]:
     rows = ["| run | level | prior term bpd, z_l from q | z_l re-drawn from p | gain | another image's z_l | "
             "image-specific gain | KL of z_l bpd |", "|---|---|---|---|---|---|---|---|"]
@@ -95,6 +136,9 @@ def main() -> None:
     data = {run: files(run) for run in RUNS}
     for title, rows in (("Periodic evaluations during training (first 1,000 test images)", curve_table(data)),
                         ("At the last scored checkpoint", final_table(data)),
+                        ("Both bounds on all 10,000 test images (evaluate --k 32)", bound_table(data)),
+                        ("K = 32 against K = 128 on the first 1,000 test images (evaluate --k K --limit 1000)",
+                         k_table(data)),
                         ("What each level code buys in its own prior term (mechanism.py, 1,000 test images)",
                          mechanism_table(data))):
         print(f"### {title}\n")
