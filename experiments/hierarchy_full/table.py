@@ -30,7 +30,7 @@ def _load(path: Path):
 def files(run: str) -> dict:
     if run == "global":
         return {"eval": _load(GLOBAL / "eval_shiftclamp8.json"), "analysis": _load(GLOBAL / "analysis_shiftclamp8.json"),
-                "curve": _load(RESULTS / "global" / "curve.json"), "eval_k32": _load(RESULTS / "global" / "eval_k32.json")}
+                "curve": _load(RESULTS / "global" / "curve.json"), **{k: _load(RESULTS / "global" / f"{k}.json") for k in ("eval_k32", "eval_k32_first1000", "eval_k128_first1000")}}
     if run == "global_sig":  # experiments/bounded_flow, section 9 (run s9172_tail2_sig)
         return {"eval": _load(GLOBAL / "eval_s9172_tail2_sig.json"), "analysis": _load(GLOBAL / "analysis_s9172_tail2_sig.json"),
                 "curve": _load(GLOBAL / "curves" / "s9172_tail2_sig" / "curve.json"),
