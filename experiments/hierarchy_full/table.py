@@ -27,18 +27,23 @@ def _load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+BOUNDS = ("eval_k32", "eval_k32_first1000", "eval_k128_first1000")  # evaluate --k K [--limit 1000], README's last section
+
+
+def bounds(run: str) -> dict:
+    return {k: _load(RESULTS / run / f"{k}.json") for k in BOUNDS}
+
+
 def files(run: str) -> dict:
     if run == "global":
         return {"eval": _load(GLOBAL / "eval_shiftclamp8.json"), "analysis": _load(GLOBAL / "analysis_shiftclamp8.json"),
-                "curve": _load(RESULTS / "global" / "curve.json"), **{k: _load(RESULTS / "global" / f"{k}.json") for k in ("eval_k32", "eval_k32_first1000", "eval_k128_first1000")}}
+                "curve": _load(RESULTS / "global" / "curve.json"), **bounds("global")}
     if run == "global_sig":  # experiments/bounded_flow, section 9 (run s9172_tail2_sig)
         return {"eval": _load(GLOBAL / "eval_s9172_tail2_sig.json"), "analysis": _load(GLOBAL / "analysis_s9172_tail2_sig.json"),
                 "curve": _load(GLOBAL / "curves" / "s9172_tail2_sig" / "curve.json"),
-                **{k: _load(RESULTS / "global_sig" / f"{k}.json") for k in ("eval_k32", "eval_k32_first1000",
-                                                                             "eval_k128_first1000")}}
+                **bounds("global_sig")}
     d = RESULTS / run
-    return {k: _load(d / f"{k}.json") for k in ("eval", "analysis", "mechanism", "curve", "eval_k32",
-                                                "eval_k32_first1000", "eval_k128_first1000")}
+    return {**{k: _load(d / f"{k}.json") for k in ("eval", "analysis", "mechanism", "curve")}, **bounds(run)}
 
 
 def _cell(c: dict, key: str, s: int, fmt: str) -> str:
