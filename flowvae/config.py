@@ -46,6 +46,7 @@ class ModelConfig:
     hier_channels: int = 2          # hierarchical: channels of each level's latent z_l [C, H/2^(l+1), W/2^(l+1)]
     hier_prior: str = "normal"      # hierarchical: p(z_l) = N(0, I) (normal) | top-down p(z_l | z_{l+1}) (topdown)
     hier_hidden: int = 32           # hierarchical: width of the top-down prior networks
+    hier_posterior: str = "bottomup"  # hierarchical, top-down prior: q(z_l | x) (bottomup) | merged with p(z_l | z_{l+1}) (ladder)
     split_prior: str = "kept"       # each split prior reads the kept half and the codes (kept) | the codes alone (code)
     base_tail: float = 0.0          # the code eps's density: N(0, I) (0), or normal with linear tails beyond |eps| = k (k > 0)
     encoder_width: int = 64
@@ -317,6 +318,7 @@ def validate(cfg: Config) -> None:
                "model.dequantization": (m.dequantization, ("uniform", "variational")),
                "model.injection": (m.injection, ("global", "hierarchical")),
                "model.hier_prior": (m.hier_prior, ("normal", "topdown")),
+               "model.hier_posterior": (m.hier_posterior, ("bottomup", "ladder")),
                "model.split_prior": (m.split_prior, ("kept", "code")),
                "model.coupling_impl": (m.coupling_impl, ("auto", "gemm", "conv")),
                "model.coupling_scale": (m.coupling_scale, ("tanh", "sigmoid")),
@@ -348,6 +350,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.injection=hierarchical needs model.type=hybrid (a flow-only Glow has no encoder)")
     if m.injection == "hierarchical" and (m.hier_channels < 1 or m.hier_hidden < 1):
         raise ConfigError(f"model.hier_channels and model.hier_hidden must be >= 1, got {m.hier_channels}, {m.hier_hidden}")
+    if m.hier_posterior == "ladder" and not (m.injection == "hierarchical" and m.hier_prior == "topdown"):
+        raise ConfigError("model.hier_posterior=ladder merges each level's posterior with its top-down prior: "
+                          "it needs model.injection=hierarchical and model.hier_prior=topdown")
     if m.split_prior == "code" and not (m.type == "hybrid" and (m.injection == "hierarchical" or m.z_maps > 0)):
         raise ConfigError("model.split_prior=code needs a spatial code for the split priors to read: "
                           "model.injection=hierarchical or model.z_maps > 0")

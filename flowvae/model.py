@@ -169,14 +169,20 @@ class FlowVAE(nn.Module):
     @torch.no_grad()
     def posterior(self, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """q(code | x) of uint8 images ``x`` by latent group: {'global': (mu, log_sigma) [N, z_dim], and for
-        the hierarchical variant 'level{l}': (mu, log_sigma) [N, C, H_l, W_l]}, float32; {} for a flow-only model."""
+        the hierarchical variant 'level{l}': (mu, log_sigma) [N, C, H_l, W_l]}, float32; {} for a flow-only model.
+        A ladder group's entry is q given its parent's posterior mean."""
         self._require_initialized("posterior")
         with torch.autocast(self.device.type, enabled=False):
-            return self.latents.posterior(self._centered(self._prepare(x)))
+            return self._mean_posterior(self._prepare(x))
+
+    def _mean_posterior(self, x_int: Tensor) -> dict:
+        """q(code | x) by group, each group given its parent's posterior mean."""
+        post = self.latents.posterior(self._centered(x_int))
+        return self.latents.draw(post, deterministic=True)[0] if post else post
 
     def _posterior(self, x_int: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat (mu, log_sigma) of q(code | x), float32 [N, code_dim]."""
-        post = self.latents.posterior(self._centered(x_int))
+        """Flat (mu, log_sigma) of q(code | x), float32 [N, code_dim] (as ``posterior``)."""
+        post = self._mean_posterior(x_int)
         return (self.latents.flatten({n: p[0] for n, p in post.items()}),
                 self.latents.flatten({n: p[1] for n, p in post.items()}))
 
@@ -191,7 +197,7 @@ class FlowVAE(nn.Module):
         u, log_q_u = self.dequantizer(xc, deterministic)
         y = (x_int + u) / 2**self.n_bits - 0.5  # fixed shift, log-det 0
         post = posterior if posterior is not None else self.latents.posterior(xc)
-        code = self.latents.draw(post, deterministic)
+        post, code = self.latents.draw(post, deterministic)  # q of each group given its drawn parent
         log_p_y, eps = self.glow.log_prob(y, *self.latents.conditioning(code))
         kl = self.latents.kl(post, code)
         kl_total = sum(v[0] for v in kl.values()) if kl else torch.zeros_like(log_q_u)

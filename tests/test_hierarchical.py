@@ -18,13 +18,14 @@ from conftest import randomize_
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 HIER = ["model.injection=hierarchical", "model.hier_channels=2", "model.hier_hidden=8"]
-PRIORS = ["normal", "topdown"]
+PRIORS = ["normal", "topdown", "ladder"]  # ladder: the top-down prior, and q(z_l | x, z_{l+1}) merged with it
 
 
 def make_hier(make_model, prior: str, *extra: str, seed: int = 0):
     """A tiny hierarchical model whose every latent path is live: the glow's zero-initialised parts,
     the posterior heads and the top-down prior are randomised (fresh they are the identity / N(0, I))."""
-    model = make_model(*HIER, f"model.hier_prior={prior}", *extra, seed=seed, z_path_std=0.1)
+    keys = ["model.hier_prior=topdown", "model.hier_posterior=ladder"] if prior == "ladder" else [f"model.hier_prior={prior}"]
+    model = make_model(*HIER, *keys, *extra, seed=seed, z_path_std=0.1)
     randomize_(model.latents, 0.2, seed=seed + 1, only=lambda n: n.startswith("groups."))
     return model
 
@@ -160,6 +161,32 @@ def test_monte_carlo_kl_matches_analytic_and_iw_bound_tightens(make_model, image
     assert iw > elbo
 
 
+def test_ladder_posterior_is_the_product_of_the_bottom_up_gaussian_and_the_prior(make_model, images):
+    """q(z_l | x, z_{l+1}) of a ladder level is N(mu_x, s_x) * p(z_l | z_{l+1}), normalised: its log density
+    minus the two factors' is one constant per dimension, and it follows the drawn parent."""
+    model = make_hier(make_model, "ladder")
+    lat = model.latents
+    with torch.no_grad():
+        post = lat.posterior(model._centered(model._prepare(images(3))))
+        given, code = lat.draw(post)
+        assert torch.equal(given["global"][0], post["global"][0])  # the global code has no parent
+        for lvl in range(2):
+            (mx, lx), (mq, lq) = post[f"level{lvl}"], given[f"level{lvl}"]
+            mp, lp = level_prior(model, lvl, code)
+            assert lp.abs().max() > 1e-3 and (mx - mp).abs().max() > 1e-3  # two different factors
+            factors = [Normal(m.double(), s.double().exp()) for m, s in ((mx, lx), (mp, lp), (mq, lq))]
+            v = torch.randn(5, *mq.shape, dtype=torch.float64) * 2 + mq.double()  # five points per dimension
+            gap = factors[2].log_prob(v) - factors[0].log_prob(v) - factors[1].log_prob(v)
+            assert (gap - gap[:1]).abs().max() < 1e-4
+            assert (lq < torch.minimum(lx, lp) + 1e-6).all()  # the merge is sharper than either factor
+        # another draw of the parent moves the child's posterior with it
+        again, code2 = lat.draw(post)
+        assert not torch.allclose(again["level0"][0], given["level0"][0])
+        # the deterministic draw: every group at its mean given its parents' means
+        means, mcode = lat.draw(post, deterministic=True)
+        assert all(torch.equal(mcode[n], means[n][0]) for n in mcode)
+
+
 @pytest.mark.parametrize("prior", PRIORS)
 def test_resample_level_changes_only_its_group(make_model, images, prior):
     model = make_hier(make_model, prior)
@@ -218,6 +245,8 @@ def test_sample_draws_every_level(make_model):
     (["model.injection=ladder"], "model.injection must be one of"),
     (["model.injection=hierarchical", "model.hier_channels=0"], "hier_channels"),
     (["model.hier_prior=flow"], "model.hier_prior must be one of"),
+    (["model.injection=hierarchical", "model.hier_prior=normal", "model.hier_posterior=ladder"], "needs model.injection=hierarchical and model.hier_prior=topdown"),
+    (["model.hier_posterior=topdown"], "model.hier_posterior must be one of"),
 ])
 def test_bad_hierarchical_config(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -18,6 +18,7 @@ KINDS = {
     "global": [],
     "hierarchical-normal": ["model.injection=hierarchical", "model.hier_prior=normal"],
     "hierarchical-topdown": ["model.injection=hierarchical", "model.hier_prior=topdown"],
+    "hierarchical-ladder": ["model.injection=hierarchical", "model.hier_prior=topdown", "model.hier_posterior=ladder"],
 }
 
 
@@ -47,8 +48,11 @@ def test_structure_layout_and_conditioning(make_model, images, kind):
     x = images(5)
     post = lat.posterior(model._centered(model._prepare(x)))
     assert list(post) == list(expected)
-    code = lat.draw(post)
-    kl = lat.kl(post, code)
+    given, code = lat.draw(post)
+    assert list(given) == list(post) and list(code) == list(post)
+    if kind != "hierarchical-ladder":  # q reads x alone: draw hands the posterior back as it is
+        assert all(given[n][0] is post[n][0] and given[n][1] is post[n][1] for n in post)
+    kl = lat.kl(given, code)
     for name, (per_image, per_dim) in kl.items():
         assert per_image.shape == (5,) and (per_image >= 0).all()
         assert per_dim.shape == (5, torch.Size(expected[name]).numel())
@@ -59,7 +63,7 @@ def test_structure_layout_and_conditioning(make_model, images, kind):
         assert torch.allclose(kl["global"][1], ref, atol=1e-5) and torch.allclose(kl["global"][0], ref.sum(1), atol=1e-4)
     # the model's terms sum the groups' KL (the posterior mean as the code)
     t = model.terms(model._prepare(x), deterministic=True, posterior=post)
-    mean_kl = lat.kl(post, lat.draw(post, deterministic=True))
+    mean_kl = lat.kl(*lat.draw(post, deterministic=True))
     assert torch.allclose(t["kl_total"], sum(v[0] for v in mean_kl.values()) if kl else torch.zeros(5))
 
 

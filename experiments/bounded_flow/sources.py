@@ -28,17 +28,18 @@ def only_random(model, source: str):
     """Within the block, model.loss draws only ``source`` ('u' or a latent group's name) at random."""
     draw, deq = Latents.draw, model.dequantizer.forward
 
-    def partial_draw(post, deterministic=False):
-        return {name: mu + torch.exp(ls) * torch.randn_like(mu) if name == source else mu
-                for name, (mu, ls) in post.items()}
+    def partial_draw(self, post, deterministic=False):
+        given, _ = draw(self, post, True)
+        return given, {name: mu + torch.exp(ls) * torch.randn_like(mu) if name == source else mu
+                       for name, (mu, ls) in given.items()}
 
-    Latents.draw = staticmethod(partial_draw)
+    Latents.draw = partial_draw
     if source != "u":
         model.dequantizer.forward = lambda x, deterministic=False: deq(x, True)
     try:
         yield
     finally:
-        Latents.draw = staticmethod(draw)
+        Latents.draw = draw
         model.dequantizer.forward = deq
 
 

@@ -36,9 +36,12 @@ def prior_terms(model, x_int: torch.Tensor, post: dict) -> list[torch.Tensor]:
             part = h[:, glow.kept_channels[lvl]:] if lvl < glow.levels - 1 else h
             terms.append(normal_log_prob(part.double()) + ld.double())
         hooks.append(prior.register_forward_hook(hook))
+    # the codes are exactly post's means: a ladder level is not merged with its prior again
+    model.latents.draw = lambda p, deterministic=False: (p, {n: mu for n, (mu, _) in p.items()})
     try:
         model.terms(x_int, deterministic=True, posterior=post)
     finally:
+        del model.latents.draw
         for h in hooks:
             h.remove()
     return terms
@@ -47,10 +50,10 @@ def prior_terms(model, x_int: torch.Tensor, post: dict) -> list[torch.Tensor]:
 @torch.no_grad()
 def measure(model, x: torch.Tensor, seed: int) -> dict:
     x_int = model._prepare(x)
-    post = model.latents.posterior(model._centered(x_int))
-    means = {name: mu for name, (mu, _) in post.items()}
+    # q of each group given its parents' means (a ladder level's merge), and the code at those means
+    post, means = model.latents.draw(model.latents.posterior(model._centered(x_int)), deterministic=True)
     flat = model.latents.flatten(means)
-    kl = model.latents.kl(post, model.latents.draw(post, deterministic=True))
+    kl = model.latents.kl(post, means)
     to_bpd = 1.0 / (model.num_dims * math.log(2))
     base = prior_terms(model, x_int, post)
     out = {"levels": []}

@@ -68,6 +68,11 @@ class LatentGroup(nn.Module):
         mp, lp = self.prior_params(parent, n, noise.device)
         return mp + torch.exp(lp) * temperature * noise
 
+    def given_parent(self, mu: Tensor, log_sigma: Tensor, parent: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """q(this | x, parent) from what ``posterior`` returned: the same (mu, log_sigma) for a group whose
+        posterior reads x alone (the default)."""
+        return mu, log_sigma
+
 
 class StandardNormalKL:
     """Mixin for groups whose prior is N(0, I): the KL per dimension needs no prior network."""
@@ -148,22 +153,30 @@ class Latents(nn.Module):
         feats = self.encoder.features(x_centered)
         return {name: g.posterior(feats) for name, g in self.groups.items()}
 
-    @staticmethod
-    def draw(post: Posterior, deterministic: bool = False) -> Code:
-        """One reparameterised draw from the posterior (its mean when ``deterministic``)."""
-        return {name: mu if deterministic else mu + torch.exp(ls) * torch.randn_like(mu) for name, (mu, ls) in post.items()}
+    def draw(self, post: Posterior, deterministic: bool = False) -> tuple[Posterior, Code]:
+        """One reparameterised draw from the posterior (its mean when ``deterministic``), parents first:
+        (q of each group given its drawn parent, the code). For a group whose posterior reads x alone the
+        first is ``post``'s own entry; a ladder group merges it with its prior given the drawn parent."""
+        noise = {} if deterministic else {n: torch.randn_like(mu) for n, (mu, _) in post.items()}  # layout order
+        given, code = {}, {}
+        for name in (n for n in self.order if n in post):
+            mu, ls = self.groups[name].given_parent(*post[name], self._parent(name, code))
+            given[name] = (mu, ls)
+            code[name] = mu if deterministic else mu + torch.exp(ls) * noise[name]
+        return {n: given[n] for n in post}, {n: code[n] for n in post}  # layout order
 
     def _parent(self, name: str, code: Code) -> Optional[Tensor]:
         p = self.groups[name].parent
         return code[p] if p is not None else None
 
     def kl(self, post: Posterior, code: Code) -> dict:
-        """Per group: (KL per image [N], KL per dimension [N, size] or None), in nats."""
+        """Per group: (KL per image [N], KL per dimension [N, size] or None), in nats. ``post`` is q given
+        the drawn parents (the first thing ``draw`` returns)."""
         return {name: g.kl(*post[name], code[name], self._parent(name, code)) for name, g in self.groups.items()}
 
     @staticmethod
     def log_q(post: Posterior, code: Code) -> Optional[Tensor]:
-        """log q(code | x) [N] (the importance weights' denominator)."""
+        """log q(code | x) [N] (the importance weights' denominator); ``post`` as for ``kl``."""
         terms = [normal_log_prob(code[n], mu, ls) for n, (mu, ls) in post.items()]
         return sum(terms) if terms else None
 

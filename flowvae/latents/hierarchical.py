@@ -12,6 +12,12 @@ global z. Each is one ``LevelCode`` module that owns
 - its conditioning role: the Glow level l sees ``z_l`` as a spatial map, concatenated to its coupling
   networks' input and to its split / top prior's input.
 
+The posterior of z_l reads x alone (``hier_posterior: bottomup``), or, as in "Ladder Variational
+Autoencoders" (Sonderby, Raiko, Maaloe, Sonderby and Winther), merges that bottom-up Gaussian with the
+top-down prior given the drawn parent by precision weighting (``hier_posterior: ladder``):
+q(z_l | x, z_{l+1}) = N(mu, sigma^2) with 1/sigma^2 = 1/sigma_x^2 + 1/sigma_p^2 and
+mu = sigma^2 (mu_x / sigma_x^2 + mu_p / sigma_p^2), so the posterior moves with the parent as the prior does.
+
 The ELBO's KL is ``KL_global + sum_l KL_l``; with a top-down prior KL_l is the analytic Gaussian KL given
 the drawn parent (a valid single-sample estimate of E_q[KL]).
 """
@@ -74,6 +80,17 @@ class NormalLevelCode(StandardNormalKL, LevelCode):
     """A level latent with prior N(0, I)."""
 
 
+class LadderLevelCode(LevelCode):
+    """A level latent whose posterior is the precision-weighted merge of the bottom-up Gaussian that
+    ``posterior`` returns and its prior given the drawn parent (Ladder VAE)."""
+
+    def given_parent(self, mu: Tensor, log_sigma: Tensor, parent: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        mp, lp = self.prior_params(parent, mu.shape[0], mu.device)
+        w = torch.sigmoid(2 * (lp - log_sigma))  # the bottom-up share of the precision, 1/sx^2 / (1/sx^2 + 1/sp^2)
+        ls = -0.5 * torch.logaddexp(-2 * log_sigma, -2 * lp)
+        return w * mu + (1 - w) * mp, ls.clamp(*LOG_SIGMA_RANGE)
+
+
 class HierarchicalLatents(Latents):
     """``injection: hierarchical``: z plus a spatial z_l per Glow level (finest first in the layout)."""
 
@@ -95,5 +112,6 @@ class HierarchicalLatents(Latents):
             coarsest = lvl == len(shapes) - 1
             parent = "global" if coarsest else f"level{lvl + 1}"
             parent_shape = (cfg.z_dim,) if coarsest else shapes[lvl + 1]
-            groups[f"level{lvl}"] = LevelCode(lvl, shape, encoder.width, parent, parent_shape, cfg.hier_hidden)
+            group = LadderLevelCode if cfg.hier_posterior == "ladder" else LevelCode
+            groups[f"level{lvl}"] = group(lvl, shape, encoder.width, parent, parent_shape, cfg.hier_hidden)
         super().__init__(encoder, groups)
