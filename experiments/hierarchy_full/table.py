@@ -20,6 +20,8 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "hier_c1_staggered": "hier_c1 with level code l warmed up over 2,000 (l + 1) / 3 steps "
                              "(loss.kl_warmup_order=staggered; clip 10 from step 2,627)",
         "levels_sig": "hier_c1 on today's recipe (sigmoid coupling scale, tails beyond 2, clip 10)",
+        "ladder_c1": "hier_c1 with a ladder posterior (model.hier_posterior=ladder; stopped at step 2,262)",
+        "ladder_sig": "levels_sig with a ladder posterior (model.hier_posterior=ladder)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
