@@ -78,8 +78,10 @@ def measure(model, x: torch.Tensor, seed: int) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_models(description: str, report) -> None:
+    """The command line both probes share: for each of ``--models`` (hierarchical), ``report(name, model,
+    cfg, x, seed)`` on the first ``--images`` test images returns a JSON-able result; ``--json`` keeps them."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
@@ -93,18 +95,27 @@ def main() -> None:
         if not model.hierarchical:
             raise SystemExit(f"{name} is not a hierarchical model")
         x = load_dataset(cfg.data, cfg.model, "test")[torch.arange(a.images)][0]
-        results[name] = r = measure(model, x, a.seed)
-        r["split_prior"] = getattr(cfg.model, "split_prior", "kept")
-        print(f"{name} (split prior reads: {r['split_prior']})")
-        print("  level  prior term bpd  z_l re-drawn  gain  (whole flow)  another image's z_l  gain  KL of z_l bpd")
-        for v in r["levels"]:
-            print(f"  {v['level']:5d}  {v['prior_term_bpd']:14.4f}  {v['prior_term_bpd_z_redrawn']:12.4f}  "
-                  f"{v['gain_bpd']:.4f}  {v['whole_flow_gain_bpd']:12.4f}  {v['prior_term_bpd_other_image_z']:19.4f}  "
-                  f"{v['own_image_gain_bpd']:.4f}  {v['kl_bpd']:13.4f}")
+        results[name] = report(name, model, cfg, x, a.seed)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(results, indent=1))
         print(f"written to {a.json}")
+
+
+def report(name: str, model, cfg, x: torch.Tensor, seed: int) -> dict:
+    r = measure(model, x, seed)
+    r["split_prior"] = getattr(cfg.model, "split_prior", "kept")
+    print(f"{name} (split prior reads: {r['split_prior']})")
+    print("  level  prior term bpd  z_l re-drawn  gain  (whole flow)  another image's z_l  gain  KL of z_l bpd")
+    for v in r["levels"]:
+        print(f"  {v['level']:5d}  {v['prior_term_bpd']:14.4f}  {v['prior_term_bpd_z_redrawn']:12.4f}  "
+              f"{v['gain_bpd']:.4f}  {v['whole_flow_gain_bpd']:12.4f}  {v['prior_term_bpd_other_image_z']:19.4f}  "
+              f"{v['own_image_gain_bpd']:.4f}  {v['kl_bpd']:13.4f}")
+    return r
+
+
+def main() -> None:
+    probe_models(__doc__.splitlines()[0], report)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,9 @@ near-deterministic function of its parent; its KL says how much the image adds.
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 
-from flowvae import load_checkpoint
-from flowvae.data import load_dataset
+from mechanism import probe_models  # this folder's mechanism probe: the same command line
 
 
 @torch.no_grad()
@@ -39,32 +34,19 @@ def measure(model, x: torch.Tensor, seed: int) -> list[dict]:
     return rows
 
 
+def report(name: str, model, cfg, x: torch.Tensor, seed: int) -> dict:
+    kind = getattr(cfg.model, "hier_posterior", "bottomup")
+    r = {"hier_posterior": kind, "levels": measure(model, x, seed)}
+    for v in r["levels"]:
+        print(f"| {name} | {kind} | {v['level']} | {v['bottom_up_log_sigma']:.2f} / {v['prior_log_sigma']:.2f} / "
+              f"{v['q_log_sigma']:.2f} | {v['kl_nats']:.2f} |")
+    return r
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", required=True)
-    ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    results = {}
     print("| model | posterior | level | median log-sigma: encoder / prior / q | KL nats |")
     print("|---|---|---|---|---|")
-    for name in a.models:
-        model, cfg, _ = load_checkpoint(name)
-        model.eval()
-        if not model.hierarchical:
-            raise SystemExit(f"{name} is not a hierarchical model")
-        x = load_dataset(cfg.data, cfg.model, "test")[torch.arange(a.images)][0]
-        kind = getattr(cfg.model, "hier_posterior", "bottomup")
-        results[name] = {"hier_posterior": kind, "levels": measure(model, x, a.seed)}
-        for r in results[name]["levels"]:
-            print(f"| {name} | {kind} | {r['level']} | {r['bottom_up_log_sigma']:.2f} / {r['prior_log_sigma']:.2f} / "
-                  f"{r['q_log_sigma']:.2f} | {r['kl_nats']:.2f} |")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(results, indent=1))
-        print(f"written to {a.json}")
+    probe_models(__doc__.splitlines()[0], report)
 
 
 if __name__ == "__main__":
