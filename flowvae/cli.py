@@ -100,8 +100,9 @@ def _checkpoint_options(cmd: "Command") -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="a run directory, a checkpoint .pt file, or pretrained:NAME (flowvae pretrained lists them)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="data.* and eval.* overrides of the checkpoint's config, before or after the options "
-                        "(e.g. data.dataset=fashion_mnist_sample); the model's own settings cannot change")
+                   help="data.*, eval.* and train.threads overrides of the checkpoint's config, before or after "
+                        "the options (e.g. data.dataset=fashion_mnist_sample, train.threads=1); the model's own "
+                        "settings cannot change")
     return p
 
 
@@ -284,9 +285,10 @@ def _load(args) -> tuple[Any, Any]:
     from .config import apply_overrides
     from .runtime import apply_threads, resolve_device
 
-    bad = [o for o in args.overrides if not o.split("=", 1)[0].startswith(("data.", "eval."))]
+    bad = [o for o in args.overrides if not (o.split("=", 1)[0].startswith(("data.", "eval."))
+                                             or o.split("=", 1)[0] == "train.threads")]
     if bad:
-        raise UsageError(f"{', '.join(bad)}: only data.* and eval.* can be overridden for a trained model "
+        raise UsageError(f"{', '.join(bad)}: only data.*, eval.* and train.threads can be overridden for a trained model "
                          f"(its architecture and training are fixed by the checkpoint)")
     model, cfg, _ = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     cfg = apply_overrides(cfg, args.overrides)

@@ -89,7 +89,13 @@ def test_train_writes_run(tiny_run):
 
 def test_evaluate(tiny_run, capsys):
     out = tiny_run / "ev.json"
-    assert main(["evaluate", "--checkpoint", str(tiny_run), "--k", "4", "--limit", "32", "--out", str(out)]) == 0
+    torch.set_num_threads(1)
+    argv = ["evaluate", "--checkpoint", str(tiny_run), "--k", "4", "--limit", "32", "--out", str(out), "train.threads=2"]
+    try:
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 2  # scored on the threads asked for, not the checkpoint's 1
+    finally:
+        torch.set_num_threads(1)
     res = json.loads(out.read_text())
     assert res["images"] == 32
     for key in ("elbo_bpd", "iw4_bpd", "flow_bpd", "kl_bpd", "dequant_bpd", "kl_nats", "active_units"):
@@ -285,7 +291,8 @@ def test_cli_errors(tmp_path, tiny_run, capsys):
     (["swap", "--n", "1000"], "the test set has 128"),
     (["interpolate", "--pairs", "100"], "the test set has 128"),
     (["reconstruct", "--first", "100000"], "the test set has 128"),
-    (["evaluate", "model.z_dim=3"], "only data.* and eval.* can be overridden"),
+    (["evaluate", "model.z_dim=3"], "only data.*, eval.* and train.threads can be overridden"),
+    (["evaluate", "train.lr=1"], "only data.*, eval.* and train.threads can be overridden"),
 ])
 def test_clear_errors_exit_with_code_2(tiny_run, tmp_path, capsys, no_work, argv, says):
     """These exited with code 1 (a SystemExit with a message); the documented code is 2."""

@@ -187,6 +187,27 @@ def test_ladder_posterior_is_the_product_of_the_bottom_up_gaussian_and_the_prior
         assert all(torch.equal(mcode[n], means[n][0]) for n in mcode)
 
 
+def test_prior_floor_bounds_the_top_down_scale(make_model, images):
+    """model.hier_prior_min_log_sigma floors log sigma of every top-down prior and changes nothing else,
+    and the loss's KL is taken against the floored prior."""
+    floor = -0.2
+    free, floored = make_hier(make_model, "ladder"), make_hier(make_model, "ladder", f"model.hier_prior_min_log_sigma={floor}")
+    with torch.no_grad():
+        post = floored.latents.posterior(floored._centered(floored._prepare(images(3))))
+        _, code = floored.latents.draw(post)
+        for lvl in range(2):
+            (m0, l0), (m1, l1) = level_prior(free, lvl, code), level_prior(floored, lvl, code)
+            assert (l0 < floor).any() and (l0 > floor).any()  # the floor binds somewhere, not everywhere
+            assert torch.equal(m0, m1) and torch.equal(l1, l0.clamp(min=floor))
+        torch.manual_seed(0)
+        t = floored.terms(floored._prepare(images(3)))
+        for lvl in range(2):
+            mp, lp = level_prior(floored, lvl, t["code"])
+            mq, lq = t["posterior"][f"level{lvl}"]
+            ref = kl_divergence(Normal(mq.double(), lq.double().exp()), Normal(mp.double(), lp.double().exp()))
+            assert torch.allclose(t["kl"][f"level{lvl}"][0].double(), ref.flatten(1).sum(1), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("prior", PRIORS)
 def test_resample_level_changes_only_its_group(make_model, images, prior):
     model = make_hier(make_model, prior)
@@ -247,6 +268,8 @@ def test_sample_draws_every_level(make_model):
     (["model.hier_prior=flow"], "model.hier_prior must be one of"),
     (["model.injection=hierarchical", "model.hier_prior=normal", "model.hier_posterior=ladder"], "needs model.injection=hierarchical and model.hier_prior=topdown"),
     (["model.hier_posterior=topdown"], "model.hier_posterior must be one of"),
+    (["model.injection=hierarchical", "model.hier_prior_min_log_sigma=-2"], "floors the top-down prior"),
+    (["model.injection=hierarchical", "model.hier_prior=topdown", "model.hier_prior_min_log_sigma=1"], "must be in"),
 ])
 def test_bad_hierarchical_config(overrides, match):
     with pytest.raises(ConfigError, match=match):

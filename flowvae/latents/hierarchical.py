@@ -20,6 +20,10 @@ mu = sigma^2 (mu_x / sigma_x^2 + mu_p / sigma_p^2), so the posterior moves with 
 
 The ELBO's KL is ``KL_global + sum_l KL_l``; with a top-down prior KL_l is the analytic Gaussian KL given
 the drawn parent (a valid single-sample estimate of E_q[KL]).
+
+``hier_prior_min_log_sigma`` floors log sigma of each top-down prior. Under the ladder posterior a prior
+that grows sharp lets q take its scale at no KL cost, so z_l becomes a near-deterministic function of its
+parent; the floor keeps every level's prior at least that wide, so whatever z_l adds must be paid in KL.
 """
 from __future__ import annotations
 
@@ -39,9 +43,10 @@ class LevelCode(LatentGroup):
     role = "map"
 
     def __init__(self, level: int, shape: tuple[int, int, int], feature_channels: int, parent: Optional[str] = None,
-                 parent_shape: Optional[tuple] = None, hidden: int = 32):
+                 parent_shape: Optional[tuple] = None, hidden: int = 32, prior_min_log_sigma: float = LOG_SIGMA_RANGE[0]):
         super().__init__()
         self.level = level
+        self.prior_log_sigma_range = (max(prior_min_log_sigma, LOG_SIGMA_RANGE[0]), LOG_SIGMA_RANGE[1])
         self.shape = tuple(shape)
         self.parent = parent
         c = shape[0]
@@ -73,7 +78,7 @@ class LevelCode(LatentGroup):
                 mu, ls = self.prior_net(up).float().chunk(2, dim=1)
             else:
                 mu, ls = self.prior_net(parent.float()).float().view(n, 2 * self.shape[0], *self.shape[1:]).chunk(2, dim=1)
-        return mu, ls.clamp(*LOG_SIGMA_RANGE)
+        return mu, ls.clamp(*self.prior_log_sigma_range)
 
 
 class NormalLevelCode(StandardNormalKL, LevelCode):
@@ -113,5 +118,6 @@ class HierarchicalLatents(Latents):
             parent = "global" if coarsest else f"level{lvl + 1}"
             parent_shape = (cfg.z_dim,) if coarsest else shapes[lvl + 1]
             group = LadderLevelCode if cfg.hier_posterior == "ladder" else LevelCode
-            groups[f"level{lvl}"] = group(lvl, shape, encoder.width, parent, parent_shape, cfg.hier_hidden)
+            groups[f"level{lvl}"] = group(lvl, shape, encoder.width, parent, parent_shape, cfg.hier_hidden,
+                                          cfg.hier_prior_min_log_sigma)
         super().__init__(encoder, groups)
