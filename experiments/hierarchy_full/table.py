@@ -22,6 +22,8 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "levels_sig": "hier_c1 on today's recipe (sigmoid coupling scale, tails beyond 2, clip 10)",
         "ladder_c1": "hier_c1 with a ladder posterior (model.hier_posterior=ladder; stopped at step 2,262)",
         "ladder_sig": "levels_sig with a ladder posterior (model.hier_posterior=ladder)",
+        "ladder_floor2": "ladder_sig with each top-down prior's log-sigma floored at -2 (model.hier_prior_min_log_sigma=-2)",
+        "ladder_floor": "ladder_sig with each top-down prior's log-sigma floored at -1 (model.hier_prior_min_log_sigma=-1)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
