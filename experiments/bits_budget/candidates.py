@@ -1,6 +1,6 @@
-"""The shipped 24,000-step model, the 30,000-step run and the 24,000 steps in bf16 side by side, every column
-under one judge file (CNN test accuracy 0.8697), from the result files of the commands in README.md ("Should
-the 30,000 steps ship?" and "bf16 training at equal steps").
+"""The shipped 24,000-step model, the 30,000-step run, a second fp32 run of the 24,000 steps (two threads) and the
+24,000 steps in bf16 side by side, every column under one judge file (CNN test accuracy 0.8697), from the result
+files of the commands in README.md ("Should the 30,000 steps ship?" and "bf16 training at equal steps").
 
     python experiments/bits_budget/candidates.py
 """
@@ -18,6 +18,9 @@ RUNS = {  # name: (one draw's ELBO, importance-weighted, analysis, Frechet sweep
                                              "spread3_fm24k_sig"),
     "fm30k_2t (configs/fashion_mnist_30k.yaml)": ("eval_fm30k_2t", "timed_eval_k32_fm30k_2t", "analysis_fm30k_2t",
                                                   "fid_fm30k_2t", "fid_fm30k_2t_t09_s{}", "spread3_fm30k_2t"),
+    "fm24k_2t (configs/fashion_mnist_24k.yaml, two threads)": ("timed_eval_k32_fm24k_2t", "timed_eval_k32_fm24k_2t",
+                                                              "analysis_fm24k_2t", "fid_fm24k_2t", "fid_fm24k_2t_t10_s{}",
+                                                              "spread3_fm24k_2t"),
     "fm24k_bf16 (configs/fashion_mnist_24k.yaml, train.precision=bf16)": (
         "eval_fm24k_bf16", "eval_k32_fm24k_bf16", "analysis_fm24k_bf16", "fid_fm24k_bf16", "fid_fm24k_bf16_t10_s{}",
         "spread3_fm24k_bf16"),
