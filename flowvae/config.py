@@ -16,6 +16,8 @@ import yaml
 
 from .errors import FlowVAEError
 
+NO_PRIOR_FLOOR = -10.0  # model.hier_prior_min_log_sigma's "no floor": the lower end of every latent's log-sigma clamp
+
 
 class ConfigError(FlowVAEError, ValueError):
     """A config that cannot describe a run: an unknown key, a value of the wrong type or range, a bad file."""
@@ -47,7 +49,7 @@ class ModelConfig:
     hier_prior: str = "normal"      # hierarchical: p(z_l) = N(0, I) (normal) | top-down p(z_l | z_{l+1}) (topdown)
     hier_hidden: int = 32           # hierarchical: width of the top-down prior networks
     hier_posterior: str = "bottomup"  # hierarchical, top-down prior: q(z_l | x) (bottomup) | merged with p(z_l | z_{l+1}) (ladder)
-    hier_prior_min_log_sigma: float = -10.0  # hierarchical, top-down prior: floor on log sigma of p(z_l | parent) (-10 = none)
+    hier_prior_min_log_sigma: float = NO_PRIOR_FLOOR  # hierarchical, top-down prior: floor on log sigma of p(z_l | parent) (-10 = none)
     split_prior: str = "kept"       # each split prior reads the kept half and the codes (kept) | the codes alone (code)
     base_tail: float = 0.0          # the code eps's density: N(0, I) (0), or normal with linear tails beyond |eps| = k (k > 0)
     encoder_width: int = 64
@@ -354,10 +356,10 @@ def validate(cfg: Config) -> None:
     if m.hier_posterior == "ladder" and not (m.injection == "hierarchical" and m.hier_prior == "topdown"):
         raise ConfigError("model.hier_posterior=ladder merges each level's posterior with its top-down prior: "
                           "it needs model.injection=hierarchical and model.hier_prior=topdown")
-    if m.hier_prior_min_log_sigma != -10.0 and not (m.injection == "hierarchical" and m.hier_prior == "topdown"):
+    if m.hier_prior_min_log_sigma != NO_PRIOR_FLOOR and not (m.injection == "hierarchical" and m.hier_prior == "topdown"):
         raise ConfigError("model.hier_prior_min_log_sigma floors the top-down prior's scale: "
                           "it needs model.injection=hierarchical and model.hier_prior=topdown")
-    if not -10.0 <= m.hier_prior_min_log_sigma <= 0.0:
+    if not NO_PRIOR_FLOOR <= m.hier_prior_min_log_sigma <= 0.0:
         raise ConfigError(f"model.hier_prior_min_log_sigma must be in [-10, 0] (-10 = no floor), got {m.hier_prior_min_log_sigma}")
     if m.split_prior == "code" and not (m.type == "hybrid" and (m.injection == "hierarchical" or m.z_maps > 0)):
         raise ConfigError("model.split_prior=code needs a spatial code for the split priors to read: "

@@ -21,12 +21,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..config import NO_PRIOR_FLOOR
 from ..gaussian import normal_kl, normal_log_prob
 
 Code = dict  # {group name: Tensor [N, *shape]}
 Posterior = dict  # {group name: (mu, log_sigma)}, float32, each [N, *shape]
 
-LOG_SIGMA_RANGE = (-10.0, 5.0)
+LOG_SIGMA_RANGE = (NO_PRIOR_FLOOR, 5.0)
 
 
 class LatentGroup(nn.Module):
