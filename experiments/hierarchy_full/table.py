@@ -24,6 +24,8 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "ladder_sig": "levels_sig with a ladder posterior (model.hier_posterior=ladder)",
         "ladder_floor2": "ladder_sig with each top-down prior's log-sigma floored at -2 (model.hier_prior_min_log_sigma=-2)",
         "ladder_floor": "ladder_sig with each top-down prior's log-sigma floored at -1 (model.hier_prior_min_log_sigma=-1)",
+        "ladder_nofb": "ladder_sig without free nats on the level codes (loss.level_free_bits=0)",
+        "ladder_floor_nofb": "ladder_floor without free nats on the level codes (loss.level_free_bits=0)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
 
 
@@ -141,6 +143,18 @@ def mechanism_table(data: dict) -> list[str]:
     return rows
 
 
+def freebits_table() -> list[str]:
+    """freebits.py's file: each level code's KL on the first 1,000 test images and the part of it in
+    dimensions whose batch mean is under the run's free-nats floor, which the training loss never charged."""
+    rows = ["| run | free nats per dim | level | KL nats | of it under the floor (not charged in training) | "
+            "share of dims under the floor | uncharged, bits/dim |", "|---|---|---|---|---|---|---|"]
+    for model, r in (_load(RESULTS / "freebits.json") or {}).items():
+        for v in r["levels"]:
+            rows.append(f"| {Path(model).name} | {v['free_nats_per_dim']:g} | {v['level']} | {v['kl_nats']:.2f} | "
+                        f"{v['uncharged_nats']:.2f} | {v['share_of_dims_under_floor']:.2f} | {v['uncharged_bpd']:.4f} |")
+    return rows
+
+
 def main() -> None:
     data = {run: files(run) for run in RUNS}
     for title, rows in (("Periodic evaluations during training (first 1,000 test images)", curve_table(data)),
@@ -149,7 +163,9 @@ def main() -> None:
                         ("K = 32 against K = 128 on the first 1,000 test images (evaluate --k K --limit 1000)",
                          k_table(data)),
                         ("What each level code buys in its own prior term (mechanism.py, 1,000 test images)",
-                         mechanism_table(data))):
+                         mechanism_table(data)),
+                        ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
+                         freebits_table())):
         print(f"### {title}\n")
         print("\n".join(rows) + "\n")
 
