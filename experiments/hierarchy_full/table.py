@@ -143,6 +143,31 @@ def mechanism_table(data: dict) -> list[str]:
     return rows
 
 
+DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
+              "ladder_floor", "levels_sig")
+
+
+def decomposition_table(data: dict) -> list[str]:
+    """Each bound (evaluate, one draw, all 10,000 test images) as its flow term plus the KL of the global code
+    and of the level codes, in bits/dim, and each part's difference from global_sig's."""
+    def parts(e: dict) -> tuple:
+        per_bpd = e["kl_bpd"] / e["kl_nats"]
+        z = e.get("kl_global_nats", e["kl_nats"]) * per_bpd
+        return e["elbo_bpd"], e["flow_bpd"], z, e["kl_bpd"] - z
+    ref = parts(data["global_sig"]["eval"])
+    rows = ["| run | elbo_bpd | flow term | KL of z | KL of the level codes | difference from global_sig: "
+            "bound = flow + z + levels |", "|---|---|---|---|---|---|"]
+    for run in DECOMPOSED:
+        e = (data.get(run) or {}).get("eval")
+        if not e:
+            continue
+        p = parts(e)
+        d = [a - b for a, b in zip(p, ref)]
+        rows.append(f"| {run} | {p[0]:.4f} | {p[1]:.4f} | {p[2]:.4f} | {p[3]:.4f} | "
+                    f"{d[0]:+.4f} = {d[1]:+.4f} {d[2]:+.4f} {d[3]:+.4f} |")
+    return rows
+
+
 def freebits_table() -> list[str]:
     """freebits.py's file: each level code's KL on the first 1,000 test images and the part of it in
     dimensions whose batch mean is under the run's free-nats floor, which the training loss never charged."""
@@ -164,6 +189,8 @@ def main() -> None:
                          k_table(data)),
                         ("What each level code buys in its own prior term (mechanism.py, 1,000 test images)",
                          mechanism_table(data)),
+                        ("Each bound in parts, against global_sig (evaluate, all 10,000 test images)",
+                         decomposition_table(data)),
                         ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
                          freebits_table())):
         print(f"### {title}\n")
