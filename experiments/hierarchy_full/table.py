@@ -12,6 +12,9 @@ RESULTS = HERE / "results"
 GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the same recipe and steps
 RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: tanh coupling scale, normal base, clip 50)",
         "global_sig": "global code only, today's recipe (pretrained:fashion_mnist before the 24,000-step run: sigmoid coupling scale, tails beyond 2, clip 10)",
+        "global_sig_s1": "global_sig's config, seed 1 (train.seed=1): the spread between training runs",
+        "global_warm": "global_sig with the level runs' KL warm-up over 2,000 steps (loss.kl_warmup_steps=2000); stuck at step 1,476",
+        "global_warm_s1": "global_warm, seed 1: one change from global_sig_s1",
         "hier_fb": "+ z_l per level, free bits, KL warm-up",
         "hier_code": "hier_fb, split priors read the codes alone",
         "hier_c1": "hier_fb with one channel per level code (z_0 196, z_1 49 dims)",
@@ -58,7 +61,7 @@ def _cell(c: dict, key: str, s: int, fmt: str) -> str:
 
 
 def curve_table(data: dict) -> list[str]:
-    steps = sorted({int(s) for f in data.values() if f["curve"] for s in f["curve"]["elbo_bpd"]})
+    steps = sorted({int(s) for f in data.values() if f["curve"] for s in f["curve"].get("elbo_bpd", {})})
     steps = [s for s in steps if s % 2000 == 0 or s == max(steps)]
     rows = ["| run | quantity | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for run, f in data.items():
@@ -72,6 +75,23 @@ def curve_table(data: dict) -> list[str]:
                                ("active_units", "active units of z (of 64)", ".0f")):
             if key in c:
                 rows.append(f"| {run} | {what} | " + " | ".join(_cell(c, key, s, fmt) for s in steps) + " |")
+        if "kl_nats" in c and "kl_global_nats" not in c:  # a global run: its only code is z
+            rows.append(f"| {run} | KL of z, nats | " + " | ".join(_cell(c, "kl_nats", s, ".1f") for s in steps) + " |")
+    return rows
+
+
+def early_table(data: dict, steps=(100, 300, 500, 1000, 1400, 1500, 2000)) -> list[str]:
+    """The training batches' KL (train/kl_nats, all codes, at the step's KL weight) and bound early in training,
+    for the runs whose curve.json keeps them (curve.py --train-every)."""
+    rows = ["| run | quantity | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for run, f in data.items():
+        t = (f["curve"] or {}).get("train")
+        if not t:
+            continue
+        for key, what, fmt in (("kl_nats", "KL, nats (training batch)", ".1f"),
+                               ("elbo_bpd", "elbo_bpd (training batch)", ".3f"),
+                               ("skipped_steps", "skipped steps so far", ".0f")):
+            rows.append(f"| {run} | {what} | " + " | ".join(_cell(t, key, s, fmt) for s in steps) + " |")
     return rows
 
 
@@ -143,7 +163,7 @@ def mechanism_table(data: dict) -> list[str]:
     return rows
 
 
-DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
+DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
               "ladder_floor", "levels_sig")
 
 
@@ -189,6 +209,7 @@ def main() -> None:
                          k_table(data)),
                         ("What each level code buys in its own prior term (mechanism.py, 1,000 test images)",
                          mechanism_table(data)),
+                        ("Early training of the global controls (curve.py --train-every 100)", early_table(data)),
                         ("Each bound in parts, against global_sig (evaluate, all 10,000 test images)",
                          decomposition_table(data)),
                         ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
