@@ -167,6 +167,20 @@ DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm_s1", "ladder_nofb", "l
               "ladder_floor", "levels_sig")
 
 
+def divergence_table(steps=(1100, 1200, 1300, 1400, 1450, 1460, 1470, 1480, 1490, 1500)) -> list[str]:
+    """global_warm's last steps before it stuck, and the same steps replayed from its step-1,000 checkpoint
+    (train --resume; curve.py --train-every 10 on each): the training batch's KL, gradient norm and bound."""
+    rows = ["| run | quantity | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for run in ("global_warm", "global_warm_replay"):
+        t = (_load(RESULTS / run / "curve.json") or {}).get("train")
+        if not t:
+            continue
+        for key, what, fmt in (("kl_nats", "KL, nats", ".2f"), ("grad_norm", "gradient norm", ".1f"),
+                               ("elbo_bpd", "elbo_bpd", ".3f")):
+            rows.append(f"| {run} | {what} | " + " | ".join(_cell(t, key, s, fmt) for s in steps) + " |")
+    return rows
+
+
 def decomposition_table(data: dict) -> list[str]:
     """Each bound (evaluate, one draw, all 10,000 test images) as its flow term plus the KL of the global code
     and of the level codes, in bits/dim, and each part's difference from global_sig's."""
@@ -210,6 +224,7 @@ def main() -> None:
                         ("What each level code buys in its own prior term (mechanism.py, 1,000 test images)",
                          mechanism_table(data)),
                         ("Early training of the global controls (curve.py --train-every 100)", early_table(data)),
+                        ("global_warm's divergence, and its replay from the step-1,000 checkpoint", divergence_table()),
                         ("Each bound in parts, against global_sig (evaluate, all 10,000 test images)",
                          decomposition_table(data)),
                         ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
