@@ -83,15 +83,18 @@ def curve_table(data: dict) -> list[str]:
 def early_table(data: dict, steps=(100, 300, 500, 1000, 1400, 1500, 2000)) -> list[str]:
     """The training batches' KL (train/kl_nats, all codes, at the step's KL weight) and bound early in training,
     for the runs whose curve.json keeps them (curve.py --train-every)."""
+    return _train_rows({run: (f["curve"] or {}).get("train") for run, f in data.items()}, steps,
+                       (("kl_nats", "KL, nats (training batch)", ".1f"), ("elbo_bpd", "elbo_bpd (training batch)", ".3f"),
+                        ("skipped_steps", "skipped steps so far", ".0f")))
+
+
+def _train_rows(train: dict, steps, quantities) -> list[str]:
+    """A table of training scalars (curve.json's "train", by run) at the given steps, one row per quantity."""
     rows = ["| run | quantity | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
-    for run, f in data.items():
-        t = (f["curve"] or {}).get("train")
-        if not t:
-            continue
-        for key, what, fmt in (("kl_nats", "KL, nats (training batch)", ".1f"),
-                               ("elbo_bpd", "elbo_bpd (training batch)", ".3f"),
-                               ("skipped_steps", "skipped steps so far", ".0f")):
-            rows.append(f"| {run} | {what} | " + " | ".join(_cell(t, key, s, fmt) for s in steps) + " |")
+    for run, t in train.items():
+        if t:
+            rows += [f"| {run} | {what} | " + " | ".join(_cell(t, key, s, fmt) for s in steps) + " |"
+                     for key, what, fmt in quantities]
     return rows
 
 
@@ -163,22 +166,16 @@ def mechanism_table(data: dict) -> list[str]:
     return rows
 
 
-DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
-              "ladder_floor", "levels_sig")
-
-
 def divergence_table(steps=(1100, 1200, 1300, 1400, 1450, 1460, 1470, 1480, 1490, 1500)) -> list[str]:
     """global_warm's last steps before it stuck, and the same steps replayed from its step-1,000 checkpoint
     (train --resume; curve.py --train-every 10 on each): the training batch's KL, gradient norm and bound."""
-    rows = ["| run | quantity | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
-    for run in ("global_warm", "global_warm_replay"):
-        t = (_load(RESULTS / run / "curve.json") or {}).get("train")
-        if not t:
-            continue
-        for key, what, fmt in (("kl_nats", "KL, nats", ".2f"), ("grad_norm", "gradient norm", ".1f"),
-                               ("elbo_bpd", "elbo_bpd", ".3f")):
-            rows.append(f"| {run} | {what} | " + " | ".join(_cell(t, key, s, fmt) for s in steps) + " |")
-    return rows
+    return _train_rows({run: (_load(RESULTS / run / "curve.json") or {}).get("train")
+                        for run in ("global_warm", "global_warm_replay")}, steps,
+                       (("kl_nats", "KL, nats", ".2f"), ("grad_norm", "gradient norm", ".1f"), ("elbo_bpd", "elbo_bpd", ".3f")))
+
+
+DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
+              "ladder_floor", "levels_sig")
 
 
 def decomposition_table(data: dict) -> list[str]:
