@@ -13,6 +13,7 @@ GLOBAL = HERE.parent / "bounded_flow" / "results"  # the global hybrid of the sa
 RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: tanh coupling scale, normal base, clip 50)",
         "global_sig": "global code only, today's recipe (pretrained:fashion_mnist before the 24,000-step run: sigmoid coupling scale, tails beyond 2, clip 10)",
         "global_sig_s1": "global_sig's config, seed 1 (train.seed=1): the spread between training runs",
+        "global_sig_s2": "global_sig's config, seed 2 (train.seed=2): a third training run",
         "global_warm": "global_sig with the level runs' KL warm-up over 2,000 steps (loss.kl_warmup_steps=2000); stuck at step 1,476",
         "global_warm_s1": "global_warm, seed 1: one change from global_sig_s1",
         "hier_fb": "+ z_l per level, free bits, KL warm-up",
@@ -27,6 +28,7 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "ladder_sig": "levels_sig with a ladder posterior (model.hier_posterior=ladder)",
         "ladder_floor2": "ladder_sig with each top-down prior's log-sigma floored at -2 (model.hier_prior_min_log_sigma=-2)",
         "ladder_floor": "ladder_sig with each top-down prior's log-sigma floored at -1 (model.hier_prior_min_log_sigma=-1)",
+        "ladder_floor_s1": "ladder_floor's config, seed 1 (train.seed=1): the ladder against global_sig_s1 at one seed",
         "ladder_nofb": "ladder_sig without free nats on the level codes (loss.level_free_bits=0)",
         "ladder_floor_nofb": "ladder_floor without free nats on the level codes (loss.level_free_bits=0)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
@@ -199,6 +201,34 @@ def decomposition_table(data: dict) -> list[str]:
     return rows
 
 
+SEEDS = {"global_sig": ("global_sig", "global_sig_s1", "global_sig_s2"), "ladder_floor": ("ladder_floor", "ladder_floor_s1")}
+
+
+def seeds_table(data: dict) -> list[str]:
+    """Each config at every seed trained (evaluate, one draw, all 10,000 test images; evaluate --k 32 --limit 1000),
+    each per-level run against the global model of its own seed, and each config's mean and range over seeds."""
+    rows = ["| config | seed | run | test elbo_bpd (10,000) | iw32, first 1,000 | elbo - global_sig's at this seed | "
+            "swap cnn / logreg (the CNN judge's test accuracy) |", "|---|---|---|---|---|---|---|"]
+    glob = {i: (data.get(r) or {}).get("eval") for i, r in enumerate(SEEDS["global_sig"])}
+    for config, runs in SEEDS.items():
+        vals = []
+        for seed, run in enumerate(runs):
+            f = data.get(run) or {}
+            e, a, k = f.get("eval"), f.get("analysis"), f.get("eval_k32_first1000")
+            if not e:
+                continue
+            vals.append(e["elbo_bpd"])
+            g = glob.get(seed)
+            diff = "(reference)" if config == "global_sig" else f"{e['elbo_bpd'] - g['elbo_bpd']:+.4f}" if g else "-"
+            sw = a["swap"].get("code", a["swap"]["global"])["to_global_class"] if a else None
+            swap = f"{sw['cnn']:.3f} / {sw['logreg']:.3f} (judge {a['classifier_test_acc']:.4f})" if sw else "-"
+            iw = f"{k['iw32_bpd']:.4f}" if k else "-"
+            rows.append(f"| {config} | {seed} | {run} | {e['elbo_bpd']:.4f} | {iw} | {diff} | {swap} |")
+        if len(vals) > 1:
+            rows.append(f"| {config} | mean of {len(vals)} | | {sum(vals) / len(vals):.4f} | | range {max(vals) - min(vals):.4f} | |")
+    return rows
+
+
 def freebits_table() -> list[str]:
     """freebits.py's file: each level code's KL on the first 1,000 test images and the part of it in
     dimensions whose batch mean is under the run's free-nats floor, which the training loss never charged."""
@@ -225,7 +255,8 @@ def main() -> None:
                         ("Each bound in parts, against global_sig (evaluate, all 10,000 test images)",
                          decomposition_table(data)),
                         ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
-                         freebits_table())):
+                         freebits_table()),
+                        ("Every seed of global_sig and ladder_floor", seeds_table(data))):
         print(f"### {title}\n")
         print("\n".join(rows) + "\n")
 
