@@ -176,7 +176,7 @@ def divergence_table(steps=(1100, 1200, 1300, 1400, 1450, 1460, 1470, 1480, 1490
                        (("kl_nats", "KL, nats", ".2f"), ("grad_norm", "gradient norm", ".1f"), ("elbo_bpd", "elbo_bpd", ".3f")))
 
 
-DECOMPOSED = ("global_sig", "global_sig_s1", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
+DECOMPOSED = ("global_sig", "global_sig_s1", "global_sig_s2", "ladder_floor_s1", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
               "ladder_floor", "levels_sig")
 
 
@@ -231,10 +231,14 @@ def seeds_table(data: dict) -> list[str]:
 
 def freebits_table() -> list[str]:
     """freebits.py's file: each level code's KL on the first 1,000 test images and the part of it in
-    dimensions whose batch mean is under the run's free-nats floor, which the training loss never charged."""
+    dimensions whose batch mean is under the run's free-nats floor, which the training loss never charged
+    (results/freebits.json, and results/RUN/freebits.json for runs scored later)."""
     rows = ["| run | free nats per dim | level | KL nats | of it under the floor (not charged in training) | "
             "share of dims under the floor | uncharged, bits/dim |", "|---|---|---|---|---|---|---|"]
-    for model, r in (_load(RESULTS / "freebits.json") or {}).items():
+    found = {}
+    for path in [RESULTS / "freebits.json", *sorted(RESULTS.glob("*/freebits.json"))]:  # one file per later run
+        found.update(_load(path) or {})
+    for model, r in found.items():
         for v in r["levels"]:
             rows.append(f"| {Path(model).name} | {v['free_nats_per_dim']:g} | {v['level']} | {v['kl_nats']:.2f} | "
                         f"{v['uncharged_nats']:.2f} | {v['share_of_dims_under_floor']:.2f} | {v['uncharged_bpd']:.4f} |")
