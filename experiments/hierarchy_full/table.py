@@ -29,7 +29,7 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "ladder_floor2": "ladder_sig with each top-down prior's log-sigma floored at -2 (model.hier_prior_min_log_sigma=-2)",
         "ladder_floor": "ladder_sig with each top-down prior's log-sigma floored at -1 (model.hier_prior_min_log_sigma=-1)",
         "ladder_floor_s1": "ladder_floor's config, seed 1 (train.seed=1): the ladder against global_sig_s1 at one seed",
-        "ladder_floor_s2": "ladder_floor's config, seed 2 (train.seed=2)",
+        "ladder_floor_s2": "ladder_floor's config, seed 2 (train.seed=2): the ladder against global_sig_s2 at one seed",
         "ladder_nofb": "ladder_sig without free nats on the level codes (loss.level_free_bits=0)",
         "ladder_floor_nofb": "ladder_floor without free nats on the level codes (loss.level_free_bits=0)",
         "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
@@ -177,7 +177,7 @@ def divergence_table(steps=(1100, 1200, 1300, 1400, 1450, 1460, 1470, 1480, 1490
                        (("kl_nats", "KL, nats", ".2f"), ("grad_norm", "gradient norm", ".1f"), ("elbo_bpd", "elbo_bpd", ".3f")))
 
 
-DECOMPOSED = ("global_sig", "global_sig_s1", "global_sig_s2", "ladder_floor_s1", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
+DECOMPOSED = ("global_sig", "global_sig_s1", "global_sig_s2", "ladder_floor_s1", "ladder_floor_s2", "global_warm_s1", "ladder_nofb", "ladder_sig", "ladder_floor_nofb", "ladder_floor2",
               "ladder_floor", "levels_sig")
 
 
