@@ -53,7 +53,7 @@ def test_shipped_model_from_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("old,new", [("fashion_mnist_v2", "pretrained:fashion_mnist"),
-                                     ("fashion_mnist_hier", "pretrained:fashion_mnist_hierarchical"),
+                                     ("fashion_mnist_hier", "pretrained:fashion_mnist_hierarchical_small"),
                                      ("fashion_mnist_codes", "pretrained:fashion_mnist")])
 def test_retired_names_say_what_to_use(old, new, tmp_path, capsys):
     assert main(["sample", "--checkpoint", f"pretrained:{old}", "--out", str(tmp_path / "s.png")]) == 2
@@ -64,13 +64,15 @@ def test_retired_names_say_what_to_use(old, new, tmp_path, capsys):
 def test_every_shipped_model_says_what_it_is_and_how_it_was_trained():
     from flowvae.pretrained import info
 
-    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical", "fashion_mnist_levels", "fashion_mnist_swap"]
+    assert available() == ["fashion_mnist", "fashion_mnist_hierarchical", "fashion_mnist_hierarchical_small",
+                           "fashion_mnist_levels", "fashion_mnist_swap"]
     for name in available():
         meta = info(name)
         assert meta["description"] and meta["trained_by"] and meta["eval_full"]["images"] == 10000
 
 
-@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2), ("fashion_mnist_levels", 2),
+@pytest.mark.parametrize("name,levels", [("fashion_mnist", 0), ("fashion_mnist_hierarchical", 2),
+                                         ("fashion_mnist_hierarchical_small", 2), ("fashion_mnist_levels", 2),
                                          ("fashion_mnist_swap", 2)])
 def test_shipped_models_in_todays_layout(name, levels, sample_test):
     """Every shipped model: written with today's parameter names (one module per latent group), trained
@@ -96,10 +98,16 @@ def test_shipped_models_in_todays_layout(name, levels, sample_test):
 # at other KL weights from its weights (experiments/global_swap/run_24k.sh): trained_by names both commands
 SWAP_RECIPE = ["model.coupling_scale=sigmoid", "model.base_tail=2", "train.grad_clip=10"]
 SWAP_PHASE = ["loss.kl_beta=0.3", "loss.level_kl_beta=[1,0.3]", "train.max_steps=13172"]
+# fashion_mnist_hierarchical: the same recipe keys with a ladder posterior and a floored top-down prior, seed 2
+LADDER = ["model.hier_posterior=ladder", "model.hier_prior_min_log_sigma=-1", "train.seed=2"]
 
 
 @pytest.mark.parametrize("name,config,overrides", [("fashion_mnist", "fashion_mnist_24k.yaml", []),
+                                                   ("fashion_mnist_hierarchical", "fashion_mnist_levels.yaml",
+                                                    SWAP_RECIPE + LADDER),
                                                    ("fashion_mnist_hierarchical", "fashion_mnist_hierarchical.yaml", []),
+                                                   ("fashion_mnist_hierarchical_small", "fashion_mnist_hierarchical_small.yaml",
+                                                    []),
                                                    ("fashion_mnist_levels", "fashion_mnist_levels.yaml", []),
                                                    ("fashion_mnist_swap", "fashion_mnist_levels.yaml", SWAP_RECIPE + SWAP_PHASE)])
 def test_shipped_models_were_trained_by_their_config(name, config, overrides):
@@ -116,6 +124,15 @@ def test_shipped_models_were_trained_by_their_config(name, config, overrides):
         shipped[section].update(meta["config"][section])
         assert shipped[section] == want[section], section
     assert meta["step"] == want["train"]["max_steps"]
+
+
+def test_the_hierarchical_config_is_the_command_that_trained_the_shipped_model():
+    """configs/fashion_mnist_hierarchical.yaml names, as one file, the command pretrained:fashion_mnist_hierarchical
+    was trained by: configs/fashion_mnist_levels.yaml on today's recipe keys, the ladder, the floor and seed 2."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    named = load_config(configs / "fashion_mnist_hierarchical.yaml").to_dict()
+    command = load_config(configs / "fashion_mnist_levels.yaml", SWAP_RECIPE + LADDER).to_dict()
+    assert named == command
 
 
 def test_the_24k_config_is_the_recommended_recipe_planned_longer():

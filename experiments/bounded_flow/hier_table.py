@@ -1,5 +1,5 @@
 """Section 5's table (experiments/bounded_flow/README.md): the hierarchical model's bound and how much it
-depends on the draw, for the first shipped weights and the retrains of configs/fashion_mnist_hierarchical.yaml.
+depends on the draw, for the first shipped weights and the retrains of configs/fashion_mnist_hierarchical_small.yaml.
 
     python experiments/bounded_flow/hier_table.py
 """

@@ -3,7 +3,7 @@
 For each test image and each source, 8 seeded draws in which only that source is random (u at its draw and
 every code at its posterior mean, or u = 0.5 and one group drawn from q), and the bound's min..max over them.
 
-    python experiments/bounded_flow/sources.py --models pretrained:fashion_mnist_hierarchical runs/hier_t2 \
+    python experiments/bounded_flow/sources.py --models pretrained:fashion_mnist_hierarchical_small runs/hier_t2 \
         --images 6573 4203 --json experiments/bounded_flow/results/sources.json
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "ladder_floor_s2": "ladder_floor's config, seed 2 (train.seed=2): the ladder against global_sig_s2 at one seed",
         "ladder_nofb": "ladder_sig without free nats on the level codes (loss.level_free_bits=0)",
         "ladder_floor_nofb": "ladder_floor without free nats on the level codes (loss.level_free_bits=0)",
-        "hier_small": "the first pretrained:fashion_mnist_hierarchical weights (2 x 2 x 32 flow; mechanism only)"}
+        "hier_small": "the first pretrained:fashion_mnist_hierarchical_small weights (2 x 2 x 32 flow; mechanism only)"}
 
 
 def _load(path: Path):
@@ -246,6 +246,24 @@ def freebits_table() -> list[str]:
     return rows
 
 
+HARD = ("6573", "4203", "8033", "1754", "480")  # tests/data/fashion_mnist_hard.pt
+
+
+def draws_table() -> list[str]:
+    """Each hard test image alone in its batch over draws 0-255 of (code, u): the largest move of its one-draw
+    bound from its median (bounded_flow/probe.py --alone; --hold code: only u drawn, --hold u: only the code),
+    what tests/test_bound_noise.py holds under one bit/dim for a shipped model."""
+    rows = ["| run | noise drawn | " + " | ".join(HARD) + " | draws of any image over 1 bit/dim from its median |",
+            "|---|---|" + "---|" * len(HARD) + "---|"]
+    for path in sorted(RESULTS.glob("*/alone256*.json")):
+        drawn = {"alone256": "code and u", "alone256_hold_code": "u only", "alone256_hold_u": "code only"}[path.stem]
+        for entry in json.loads(path.read_text()).values():
+            im = entry["images"]
+            rows.append(f"| {path.parent.name} | {drawn} | " + " | ".join(f"{im[i]['largest_move']:.2f}" for i in HARD)
+                        + f" | {sum(im[i]['draws_moved_over_1'] for i in HARD)} |")
+    return rows
+
+
 def main() -> None:
     data = {run: files(run) for run in RUNS}
     for title, rows in (("Periodic evaluations during training (first 1,000 test images)", curve_table(data)),
@@ -261,7 +279,9 @@ def main() -> None:
                          decomposition_table(data)),
                         ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
                          freebits_table()),
-                        ("Every seed of global_sig and ladder_floor", seeds_table(data))):
+                        ("Every seed of global_sig and ladder_floor", seeds_table(data)),
+                        ("Each hard test image alone over 256 draws: largest move of one draw's bound from its median "
+                         "(bits/dim)", draws_table())):
         print(f"### {title}\n")
         print("\n".join(rows) + "\n")
 

@@ -27,7 +27,7 @@ ROWS = [
      ["fid_glow_n10000_low.json", "fid_glow_n10000.json"]),
     ("the weights shipped before (global hybrid, same flow, recipe and steps; 3.2035)", 10000,
      ["fid_fashion_mnist_n10000_low.json", "fid_fashion_mnist_n10000.json"]),
-    ("pretrained:fashion_mnist_hierarchical (2 x 2 x 32 flow, base_tail 0.5; 4.2395)", 10000,
+    ("pretrained:fashion_mnist_hierarchical_small (2 x 2 x 32 flow, base_tail 0.5; 4.2395)", 10000,
      ["fid_hier_t05_n10000_low.json", "fid_hier_t05_n10000.json"]),
     ("its retrain before (base_tail 1; 4.2489)", 10000, ["fid_hierarchical_n10000.json"]),
     ("flow-only Glow", 2000, ["fid_glow_n2000.json"]),

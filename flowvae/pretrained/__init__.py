@@ -18,9 +18,9 @@ HERE = Path(__file__).resolve().parent
 RETIRED = {
     "fashion_mnist_v2": "it was superseded by pretrained:fashion_mnist, the same flow with bounded couplings "
                         "(a bound that no longer depends on the noise draw)",
-    "fashion_mnist_hier": "it was retrained as pretrained:fashion_mnist_hierarchical, the same recipe with soft-bounded "
-                          "coupling shifts and a base with linear tails (4.2489 against 4.4286 bits/dim, and a bound "
-                          "that depends far less on the noise draw)",
+    "fashion_mnist_hier": "it was retrained as pretrained:fashion_mnist_hierarchical_small, the same recipe with "
+                          "soft-bounded coupling shifts and a base with linear tails (4.2489 against 4.4286 bits/dim, "
+                          "and a bound that depends far less on the noise draw)",
     "fashion_mnist_codes": "it was superseded by pretrained:fashion_mnist, which has both a lower bound and a "
                            "stronger swap",
 }
