@@ -32,7 +32,7 @@ RUNS = {"global": "global code only (pretrained:fashion_mnist until 2026-12-03: 
         "ladder_floor_s2": "ladder_floor's config, seed 2 (train.seed=2): the ladder against global_sig_s2 at one seed",
         "ladder_nofb": "ladder_sig without free nats on the level codes (loss.level_free_bits=0)",
         "ladder_floor_nofb": "ladder_floor without free nats on the level codes (loss.level_free_bits=0)",
-        "hier_small": "the first pretrained:fashion_mnist_hierarchical_small weights (2 x 2 x 32 flow; mechanism only)"}
+        "hier_small": "the first weights shipped as pretrained:fashion_mnist_hierarchical (2 x 2 x 32 flow; mechanism only)"}
 
 
 def _load(path: Path):
