@@ -292,7 +292,10 @@ def _load(args) -> tuple[Any, Any]:
                          f"(its architecture and training are fixed by the checkpoint)")
     model, cfg, _ = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     cfg = apply_overrides(cfg, args.overrides)
-    apply_threads(cfg.train.threads)  # the same thread policy as training
+    # train.threads says what the machine that trained the model could take, not what this one can: unless
+    # given here, the auto setting (runtime.default_threads: one thread, the setting that holds up on a busy CPU)
+    asked = any(o.split("=", 1)[0] == "train.threads" for o in args.overrides)
+    apply_threads(cfg.train.threads if asked else 0)
     return model, cfg
 
 

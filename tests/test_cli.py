@@ -148,6 +148,23 @@ def test_image_commands(tiny_run, tmp_path, cmd, extra):
     assert (labelled[:band] < 100).sum() > 30
 
 
+def test_a_trained_models_command_runs_on_this_machines_threads_not_the_training_runs(tmp_path):
+    """pretrained:fashion_mnist was trained with train.threads=2; beside one other busy process on a 2-core
+    machine, two threads made its sampling about 30 times slower than one. Without train.threads given, a
+    command that reads it takes the auto setting."""
+    from flowvae.pretrained import info
+    from flowvae.runtime import default_threads
+
+    assert info("fashion_mnist")["config"]["train"]["threads"] == 2 != default_threads()
+    torch.set_num_threads(3)
+    try:
+        assert main(["evaluate", "--checkpoint", "pretrained:fashion_mnist", "--k", "1", "--limit", "8",
+                     "--no-progress", "--out", str(tmp_path / "ev.json"), "data.dataset=fashion_mnist_sample"]) == 0
+        assert torch.get_num_threads() == default_threads()
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     common = ["--config", TINY, "--no-progress", "train.threads=1", "train.eval_every=0", "train.checkpoint_every=0"]
     assert main(["train", "--out", str(tmp_path / "a"), *common, "train.max_steps=16"]) == 0
