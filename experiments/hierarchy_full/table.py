@@ -203,14 +203,27 @@ def decomposition_table(data: dict) -> list[str]:
 
 
 SEEDS = {"global_sig": ("global_sig", "global_sig_s1", "global_sig_s2"), "ladder_floor": ("ladder_floor", "ladder_floor_s1", "ladder_floor_s2")}
+# the flow-only Glow of the same config and steps (model.type=glow): seed 0 is experiments/sample_quality's glow_sig
+GLOW = (HERE.parent / "sample_quality" / "results" / "eval_glow_sig.json", RESULTS / "glow_sig_s1" / "eval.json")
 
 
 def seeds_table(data: dict) -> list[str]:
     """Each config at every seed trained (evaluate, one draw, all 10,000 test images; evaluate --k 32 --limit 1000),
-    each per-level run against the global model of its own seed, and each config's mean and range over seeds."""
+    each hybrid run against the global model and the Glow of its own seed, and each config's mean and range
+    over seeds."""
     rows = ["| config | seed | run | test elbo_bpd (10,000) | iw32, first 1,000 | elbo - global_sig's at this seed | "
-            "swap cnn / logreg (the CNN judge's test accuracy) |", "|---|---|---|---|---|---|---|"]
+            "elbo - Glow's at this seed | swap cnn / logreg (the CNN judge's test accuracy) |",
+            "|---|---|---|---|---|---|---|---|"]
     glob = {i: (data.get(r) or {}).get("eval") for i, r in enumerate(SEEDS["global_sig"])}
+    glow = {i: _load(f) for i, f in enumerate(GLOW)}
+    for seed, e in glow.items():
+        if e:
+            rows.append(f"| glow_sig (flow only) | {seed} | {'glow_sig' if seed == 0 else f'glow_sig_s{seed}'} | "
+                        f"{e['elbo_bpd']:.4f} | - | - | (reference) | - |")
+    vals = [e["elbo_bpd"] for e in glow.values() if e]
+    if len(vals) > 1:
+        rows.append(f"| glow_sig (flow only) | mean of {len(vals)} | | {sum(vals) / len(vals):.4f} | | | "
+                    f"range {max(vals) - min(vals):.4f} | |")
     for config, runs in SEEDS.items():
         vals = []
         for seed, run in enumerate(runs):
@@ -219,14 +232,15 @@ def seeds_table(data: dict) -> list[str]:
             if not e:
                 continue
             vals.append(e["elbo_bpd"])
-            g = glob.get(seed)
+            g, w = glob.get(seed), glow.get(seed)
             diff = "(reference)" if config == "global_sig" else f"{e['elbo_bpd'] - g['elbo_bpd']:+.4f}" if g else "-"
+            vs_glow = f"{e['elbo_bpd'] - w['elbo_bpd']:+.4f}" if w else "-"
             sw = a["swap"].get("code", a["swap"]["global"])["to_global_class"] if a else None
             swap = f"{sw['cnn']:.3f} / {sw['logreg']:.3f} (judge {a['classifier_test_acc']:.4f})" if sw else "-"
             iw = f"{k['iw32_bpd']:.4f}" if k else "-"
-            rows.append(f"| {config} | {seed} | {run} | {e['elbo_bpd']:.4f} | {iw} | {diff} | {swap} |")
+            rows.append(f"| {config} | {seed} | {run} | {e['elbo_bpd']:.4f} | {iw} | {diff} | {vs_glow} | {swap} |")
         if len(vals) > 1:
-            rows.append(f"| {config} | mean of {len(vals)} | | {sum(vals) / len(vals):.4f} | | range {max(vals) - min(vals):.4f} | |")
+            rows.append(f"| {config} | mean of {len(vals)} | | {sum(vals) / len(vals):.4f} | | range {max(vals) - min(vals):.4f} | | |")
     return rows
 
 
@@ -279,7 +293,7 @@ def main() -> None:
                          decomposition_table(data)),
                         ("The level codes' KL that training did not charge (freebits.py, 1,000 test images)",
                          freebits_table()),
-                        ("Every seed of global_sig and ladder_floor", seeds_table(data)),
+                        ("Every seed of global_sig, ladder_floor and the Glow", seeds_table(data)),
                         ("Each hard test image alone over 256 draws: largest move of one draw's bound from its median "
                          "(bits/dim)", draws_table())):
         print(f"### {title}\n")

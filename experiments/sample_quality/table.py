@@ -10,9 +10,14 @@ from pathlib import Path
 R = Path(__file__).resolve().parent / "results"
 TEMPS = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"]
 
-# (model, N, result files whose temperatures are merged). Two judge files: test accuracy 0.8697 (the rows
-# without a mark) and 0.8695 (the rows marked "judge 0.8695"); distances compare only under one judge.
+# (model, N, result files whose temperatures are merged). Three judge files: test accuracy 0.8697 (the rows
+# without a mark), 0.8695 and 0.8701 (the rows marked so); distances compare only under one judge.
 ROWS = [
+    ("pretrained:fashion_mnist (24,000 steps; 3.1149), judge 0.8701", 10000, ["fid_fashion_mnist_24k_judge8701_n10000.json"]),
+    ("pretrained:fashion_mnist_hierarchical (per-level codes on the full flow, ladder posterior, seed 2, 9,172 steps; "
+     "3.2688), judge 0.8701", 10000, ["fid_hierarchical_ladder_judge8701_n10000.json"]),
+    ("flow-only Glow, today's recipe, seed 1 (train.seed=1, 9,172 steps; 3.3236), judge 0.8701", 10000,
+     ["fid_glow_sig_s1_judge8701_n10000.json"]),
     ("pretrained:fashion_mnist (configs/fashion_mnist_24k.yaml, 24,000 steps; 3.1149), judge 0.8695", 10000,
      ["fid_fashion_mnist_24k_n10000.json"]),
     ("its recipe at 9,172 steps (sigmoid coupling scale, tails beyond 2, clip 10; 3.2484), judge 0.8695", 10000,
