@@ -204,7 +204,8 @@ def decomposition_table(data: dict) -> list[str]:
 
 SEEDS = {"global_sig": ("global_sig", "global_sig_s1", "global_sig_s2"), "ladder_floor": ("ladder_floor", "ladder_floor_s1", "ladder_floor_s2")}
 # the flow-only Glow of the same config and steps (model.type=glow): seed 0 is experiments/sample_quality's glow_sig
-GLOW = (HERE.parent / "sample_quality" / "results" / "eval_glow_sig.json", RESULTS / "glow_sig_s1" / "eval.json")
+GLOW = (HERE.parent / "sample_quality" / "results" / "eval_glow_sig.json", RESULTS / "glow_sig_s1" / "eval.json",
+        RESULTS / "glow_sig_s2" / "eval.json")
 
 
 def seeds_table(data: dict) -> list[str]:
